@@ -1,0 +1,1 @@
+"""Turning an experiment into tables (results.py)."""

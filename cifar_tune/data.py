@@ -1,0 +1,194 @@
+"""CIFAR-10: finding, checking and loading the files, the fixed validation split,
+and batch augmentation as tensor ops on the training device.
+
+The whole data set is 180 MB of uint8, so it is read once per experiment and
+kept as tensors (handed to trials through Ray's object store); augmentation
+runs a batch at a time on whatever device the trial trains on, so the data
+path never needs worker processes or PIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10
+
+BASE_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
+TEST_FILES = [name for name, _ in CIFAR10.test_list]
+META_FILE = CIFAR10.meta["filename"]
+# The official md5 of every file, as torchvision knows them.
+OFFICIAL_MD5 = dict(CIFAR10.train_list + CIFAR10.test_list + [[META_FILE, CIFAR10.meta["md5"]]])
+
+# Per-channel statistics of the CIFAR-10 training set, for normalization.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataError(RuntimeError):
+    """CIFAR-10 is missing, truncated or unreadable; the message says which file and what to do."""
+
+    exit_code = 2
+
+
+class ChecksumWarning(UserWarning):
+    """The files load but are not byte-identical to the official release."""
+
+
+@dataclass
+class CifarData:
+    """The three splits as uint8 NCHW images and int64 labels, on the CPU."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    checksums_ok: bool
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def batches_dir(root: str | Path) -> Path:
+    """The folder holding the batch files: `root/cifar-10-batches-py`, or `root` itself."""
+    root = Path(root).expanduser()
+    return root if (root / "data_batch_1").exists() else root / BASE_FOLDER
+
+
+def ensure_downloaded(root: str | Path, download: bool) -> Path:
+    """Return the batch folder, downloading CIFAR-10 into `root` first if it is absent and allowed."""
+    folder = batches_dir(root)
+    if folder.exists() or not download:
+        return folder
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(CIFAR10.url, str(Path(root).expanduser()),
+                                     filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+    except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
+        raise DataError(
+            f"could not download CIFAR-10 ({type(exc).__name__}: {exc}).\n"
+            f"Offline: copy the python-format files (data_batch_1..5, test_batch, batches.meta) into "
+            f"{Path(root).expanduser() / BASE_FOLDER}, or set data.root to a folder that holds them, "
+            f"e.g. --set data.root=/path/to/cifar-10-batches-py"
+        ) from None
+    return folder
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One python-format batch file -> (uint8 images N x 3 x 32 x 32, int64 labels)."""
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file missing: {path}")
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        pixels = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    except Exception as exc:  # truncated pickles raise EOFError, UnpicklingError, KeyError, ...
+        raise DataError(f"CIFAR-10 file unreadable (truncated or not a CIFAR batch): {path}: "
+                        f"{type(exc).__name__}: {exc}") from None
+    if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or len(pixels) != len(labels):
+        raise DataError(f"CIFAR-10 file malformed: {path}: data {pixels.shape}, {len(labels)} labels "
+                        f"(expected N x 3072 and N labels)")
+    return torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def load_cifar10(root: str | Path, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor, list[str], bool]:
+    """Read all six batches. Warns once if the bytes differ from the official release.
+
+    Returns train_x, train_y, test_x, test_y, class names, and whether the checksums matched.
+    """
+    folder = ensure_downloaded(root, download)
+    if not folder.exists():
+        raise DataError(f"CIFAR-10 not found: {folder} does not exist (set data.root to the folder "
+                        f"holding {BASE_FOLDER}/, or data.download: true)")
+    for name in TRAIN_FILES + TEST_FILES + [META_FILE]:
+        if not (folder / name).is_file():
+            raise DataError(f"CIFAR-10 file missing: {folder / name}")
+
+    mismatched = [name for name, md5 in OFFICIAL_MD5.items() if _md5(folder / name) != md5]
+    if mismatched:
+        warnings.warn(
+            f"CIFAR-10 in {folder} does not match the official checksums ({', '.join(mismatched)}); "
+            "loading it anyway. Accuracies will not be comparable to published ones "
+            "(e.g. a re-encoded JPEG copy loses 2-3 points).",
+            ChecksumWarning, stacklevel=2,
+        )
+
+    train = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_x, test_y = read_batch(folder / TEST_FILES[0])
+    try:
+        with (folder / META_FILE).open("rb") as f:
+            classes = list(pickle.load(f, encoding="latin1")["label_names"])
+    except Exception as exc:
+        raise DataError(f"CIFAR-10 file unreadable: {folder / META_FILE}: {type(exc).__name__}: {exc}") from None
+    train_x = torch.cat([x for x, _ in train])
+    train_y = torch.cat([y for _, y in train])
+    return train_x, train_y, test_x, test_y, classes, not mismatched
+
+
+def split_train_val(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a fixed train/validation split. Depends only on split_seed, never on the trial seed."""
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size {val_size} must be between 1 and {n - 1} for {n} training images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def load_data(config) -> CifarData:  # config: DataConfig (kept untyped to avoid an import cycle)
+    """Everything a trial needs, from a `data:` config section."""
+    train_x, train_y, test_x, test_y, classes, ok = load_cifar10(config.root, config.download)
+    train_idx, val_idx = split_train_val(len(train_y), config.val_size, config.split_seed)
+    train_idx = train_idx[: config.train_subset]
+    test_x, test_y = test_x[: config.test_subset], test_y[: config.test_subset]
+    return CifarData(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
+                     test_x, test_y, classes, ok)
+
+
+# --------------------------------------------------------------------------- on-device batch ops
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop from a 4-pixel zero-padded image, then a random horizontal flip.
+
+    Works on a uint8 batch on any device; all randomness comes from `generator`
+    (which lives on that device), so a trial's augmentation is fixed by its seed.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 9, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    # Gather every crop at once: index (image, channel, row, column) with broadcast grids.
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    crops = padded[torch.arange(n, device=device)[:, None, None, None],
+                   torch.arange(c, device=device)[None, :, None, None], rows, cols]
+    return torch.where(flip[:, None, None, None], crops.flip(3), crops)
+
+
+def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [0, 255] -> float32, zero mean and unit variance per channel."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    out = (images.float() / 255.0 - mean) / std
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -1,0 +1,1 @@
+"""Config schema, search space, Ray connection, Tuner construction and the CLI."""

@@ -1,0 +1,71 @@
+"""`cifar-tune`: the command line, a thin layer over cifar_tune.orchestrator.experiment.
+
+Exit codes: 0 success, 1 the experiment ran but some trial failed,
+2 bad input (config, flag, path, data files) found before any work started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cifar_tune.data import DataError
+from cifar_tune.orchestrator.config import ConfigError, describe_schema, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifar-tune",
+        description="Ray Tune experiments on AlexNet / CIFAR-10 across training precisions.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run an experiment from a YAML config",
+                         description="Validate CONFIG, then run its trials on Ray Tune and write "
+                                     "<storage_path>/<name>/results.csv.",
+                         epilog="Config keys:\n" + describe_schema(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. configs/smoke.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key by dotted path; VALUE is YAML "
+                          "(--set train.epochs=5 --set search.precision=[fp32,amp_bf16]); repeatable")
+    run.add_argument("--address", help='join this Ray cluster ("auto", "host:port", "ray://host:port"); '
+                                       "overrides ray.address")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate, print the expanded trials and their resources, and exit without starting Ray")
+
+    resume = sub.add_parser("resume", help="finish an interrupted experiment",
+                            description="Restore EXPERIMENT_DIR with Tuner.restore: unfinished trials continue, "
+                                        "errored ones retry from their last checkpoint, finished ones stay.")
+    resume.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of an earlier run")
+    resume.add_argument("--address", help="join this Ray cluster instead of the one in the saved config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            config = load_config(args.config, args.overrides)
+            if args.address:
+                config.ray.address = args.address
+            if args.dry_run:
+                from cifar_tune.orchestrator.preflight import plan
+
+                print(plan(config))
+                return 0
+            from cifar_tune.orchestrator.experiment import run_experiment
+
+            outcome = run_experiment(config)
+        else:
+            from cifar_tune.orchestrator.experiment import resume_experiment
+
+            outcome = resume_experiment(args.experiment_dir, address=args.address)
+    except (ConfigError, DataError) as exc:
+        print(f"cifar-tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nresults: {outcome.path / 'results.csv'}")
+    return 1 if (outcome.table["status"] == "ERROR").any() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Connecting to Ray: an embedded local instance, or an existing cluster.
+
+`address: null` starts Ray inside this process, sized to the machine, and
+shuts it down afterwards; "auto", "host:port" or "ray://host:port" join a
+cluster that someone else started and leave it running. Under
+`ray job submit` the RAY_ADDRESS variable is set, and counts as an address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+
+import ray
+
+from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig
+
+
+def effective_address(address: str | None) -> str | None:
+    return address if address is not None else os.environ.get("RAY_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect to (or start) Ray for the duration of the block."""
+    if ray.is_initialized():  # a notebook that already called ray.init(): use that
+        yield
+        return
+    address = effective_address(address)
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"ray.address {address!r}: cannot connect to a Ray cluster there ({exc}). Is it running "
+            "(`ray status`)? If it uses token authentication, set RAY_AUTH_TOKEN or copy its token to "
+            "~/.ray/auth_token") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_storage(config: ExperimentConfig, nodes: int) -> None:
+    """Trials on other nodes cannot write to this machine's disk: insist on shared or cloud storage."""
+    if nodes > 1 and config.storage_is_local() and not os.environ.get("CIFAR_TUNE_SHARED_STORAGE"):
+        raise ConfigError(
+            f"storage_path {config.storage_path!r}: a local path on a {nodes}-node cluster; trials on other "
+            "nodes could not write their checkpoints there. Use shared storage mounted at the same path on "
+            "every node (then set CIFAR_TUNE_SHARED_STORAGE=1) or cloud storage such as s3://bucket/path"
+        )

@@ -1,0 +1,56 @@
+"""Checks made before anything expensive: can the trials' device run the precisions asked for,
+and can the trials get that device at all? Also the dry-run plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cifar_tune.orchestrator.cluster import effective_address
+from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig
+from cifar_tune.orchestrator.search import expand_trials, searched_values
+from cifar_tune.precision import device_problem
+
+
+def trial_device(config: ExperimentConfig) -> str:
+    """The device type trials will train on: 'cuda' when they ask for a GPU share, else 'cpu'."""
+    return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
+
+
+def preflight(config: ExperimentConfig) -> str:
+    """Raise ConfigError for a plan that cannot run well; return the trials' device type."""
+    device = trial_device(config)
+    embedded = effective_address(config.ray.address) is None
+    if device == "cuda" and embedded and not torch.cuda.is_available():
+        raise ConfigError(
+            f"resources.gpus_per_trial: {config.resources.gpus_per_trial} but this machine has no usable GPU "
+            "and ray.address is null (embedded local Ray); set resources.gpus_per_trial: 0 or join a GPU "
+            "cluster with --address")
+    where = "search.precision" if any(k in ("precision", "train.precision") for k in config.search) \
+        else "train.precision"
+    for precision in searched_values(config, "precision"):
+        problem = device_problem(precision, device)
+        if problem and not config.train.allow_slow_precision:
+            raise ConfigError(
+                f"{where}: {precision!r} on {device}: {problem}. Drop it, run on a device that supports it, "
+                "or set train.allow_slow_precision: true to run it anyway")
+    return device
+
+
+def plan(config: ExperimentConfig) -> str:
+    """What `--dry-run` prints: every trial with its search values and resources."""
+    device = preflight(config)
+    trials = expand_trials(config)
+    res = config.resources
+    lines = [
+        f"experiment {config.name!r} -> {config.experiment_dir if config.storage_is_local() else config.storage_path}",
+        f"{len(trials)} trial(s) x {config.train.epochs} epoch(s) on {device}; each trial: "
+        f"{res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU; scheduler {config.tune.scheduler}, "
+        f"metric {config.tune.metric} ({config.tune.mode})",
+        f"ray: {effective_address(config.ray.address) or 'embedded local instance'}, "
+        f"max_failures {config.ray.max_failures}",
+    ]
+    for i, trial in enumerate(trials):
+        values = ", ".join(f"{k}={v}" for k, v in trial.items()) or "(no search keys)"
+        lines.append(f"  trial {i:3d}: {values}")
+    return "\n".join(lines)

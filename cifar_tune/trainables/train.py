@@ -1,0 +1,278 @@
+"""The training loop of one trial, with no Ray in it.
+
+`Trainer` owns everything a trial changes as it runs (weights, optimizer,
+schedule, grad scaler, the best weights so far, every RNG) and can save all of
+it and load it back, so a run stopped after any epoch continues bit-for-bit.
+The Tune trainable (trainable.py) and the benchmarks drive it epoch by epoch.
+
+Data stays on the training device as uint8; each batch is indexed, augmented
+and normalized there, so there is no DataLoader and no host-to-device copy per
+step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifar_tune.data import CifarData, augment, normalize
+from cifar_tune.models import build_model
+from cifar_tune.precision import device_problem, policy
+
+STATE_FILE = "state.pt"  # everything needed to resume
+BEST_FILE = "best_model.pt"  # the best-validation weights, for testing and export
+CHECK_EVERY = 20  # steps between loss checks: each one syncs the GPU, so not every step
+
+
+class DivergedError(RuntimeError):
+    """The loss became inf or NaN; training on would only produce garbage."""
+
+
+class PrecisionUnavailableError(RuntimeError):
+    """The trial landed on a device that cannot run its precision well."""
+
+
+def pick_device(gpus_requested: float) -> torch.device:
+    """CUDA when the trial asked for a GPU share and torch can see one; otherwise CPU.
+
+    Decided from torch, not from Ray's resource numbers: a node may advertise
+    a GPU that this process cannot use.
+    """
+    return torch.device("cuda" if gpus_requested > 0 and torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device: covers dropout and weight init
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+def _rng_state(data_generator: torch.Generator) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # weights_only loading accepts tensors, not numpy arrays
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": data_generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    data_generator.set_state(state["data"])
+
+
+class Trainer:
+    """Trains AlexNet on CIFAR-10 for one (train, model) config, one epoch per call."""
+
+    def __init__(self, train_cfg, model_cfg, data: CifarData, device: torch.device | str = "cpu") -> None:
+        self.cfg = train_cfg
+        self.model_cfg = model_cfg
+        self.device = torch.device(device)
+        self.policy = policy(train_cfg.precision)
+        problem = device_problem(train_cfg.precision, str(self.device))
+        if problem and not train_cfg.allow_slow_precision:
+            raise PrecisionUnavailableError(
+                f"precision {train_cfg.precision} on {self.device}: {problem} "
+                "(set train.allow_slow_precision: true to run it anyway)")
+
+        seed_everything(train_cfg.seed, train_cfg.deterministic)
+        self.policy.apply_backend_flags()
+        # Shuffling and augmentation draw from their own generator on the device,
+        # so they do not depend on how many random numbers dropout consumed.
+        self.data_generator = torch.Generator(device=self.device).manual_seed(train_cfg.seed)
+
+        to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        self.train_x, self.train_y = to(data.train_x), to(data.train_y)
+        self.val_x, self.val_y = to(data.val_x), to(data.val_y)
+        self.test_x, self.test_y = to(data.test_x), to(data.test_y)
+
+        self.model = build_model(model_cfg, train_cfg.channels_last).to(self.device)
+        self.optimizer = self._make_optimizer()
+        n = len(self.train_y)
+        # Drop the ragged last batch (BatchNorm dislikes tiny batches), but always take at least one.
+        self.batch_size = min(train_cfg.batch_size, n)
+        self.steps_per_epoch = n // self.batch_size
+        self.scheduler = self._make_scheduler(self.steps_per_epoch * train_cfg.epochs)
+        self.scaler = self.policy.make_scaler(self.device.type)
+
+        self.epoch = 0  # epochs completed
+        self.training_time_s = 0.0
+        self.best_val_acc = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
+                                   nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=(c.momentum, 0.999),
+                                 weight_decay=c.weight_decay)
+
+    def _make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        sched = torch.optim.lr_scheduler
+        c = self.cfg
+        if c.schedule == "onecycle":
+            return sched.OneCycleLR(self.optimizer, max_lr=c.lr, total_steps=total_steps, pct_start=0.25,
+                                    cycle_momentum=False)
+        if c.schedule == "constant":
+            return sched.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        warmup = min(int(c.warmup_epochs * self.steps_per_epoch), total_steps - 1)
+        cosine = sched.CosineAnnealingLR(self.optimizer, T_max=total_steps - warmup)
+        if warmup == 0:
+            return cosine
+        ramp = sched.LinearLR(self.optimizer, start_factor=0.1, total_iters=warmup)
+        return sched.SequentialLR(self.optimizer, [ramp, cosine], milestones=[warmup])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ training
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training set, then validation. Returns the epoch's metrics."""
+        self.model.train()
+        bs, steps = self.batch_size, self.steps_per_epoch
+        losses = torch.zeros(steps, device=self.device)
+        correct = torch.zeros(steps, device=self.device, dtype=torch.long)
+        self._sync()
+        start = time.perf_counter()
+        order = torch.randperm(len(self.train_y), generator=self.data_generator, device=self.device)
+        for step in range(steps):
+            idx = order[step * bs:(step + 1) * bs]
+            x = normalize(augment(self.train_x[idx], self.data_generator), self.cfg.channels_last)
+            y = self.train_y[idx]
+            with self.policy.autocast(self.device.type):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            losses[step] = loss.detach()
+            correct[step] = (logits.argmax(1) == y).sum()
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+                self._check_finite(losses, step + 1)
+        self._sync()
+        train_time = time.perf_counter() - start
+
+        val_loss, val_acc = self.evaluate(self.val_x, self.val_y)
+        epoch_time = time.perf_counter() - start
+        self.epoch += 1
+        self.training_time_s += epoch_time
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return {
+            "epoch": self.epoch,
+            "train_loss": losses.mean().item(),
+            "train_acc": correct.sum().item() / (steps * bs),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "train_images_per_s": steps * bs / train_time,
+            "training_time_s": self.training_time_s,
+        }
+
+    def _check_finite(self, losses: torch.Tensor, upto: int) -> None:
+        bad = ~torch.isfinite(losses[:upto])
+        if bad.any():
+            step = int(bad.nonzero()[0]) + 1
+            raise DivergedError(
+                f"diverged at epoch {self.epoch + 1}, step {step}: loss is {losses[step - 1].item()} "
+                f"(precision {self.cfg.precision}, lr {self.cfg.lr})")
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def _logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        out = []
+        for i in range(0, len(images), self.cfg.eval_batch_size):
+            x = normalize(images[i:i + self.cfg.eval_batch_size], self.cfg.channels_last)
+            with self.policy.autocast(self.device.type):
+                out.append(model(x).float())
+        return torch.cat(out)
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor,
+                 model: torch.nn.Module | None = None) -> tuple[float, float]:
+        """(mean cross-entropy without smoothing, accuracy) of `model` (default: current weights)."""
+        logits = self._logits(model or self.model, images)
+        return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+    def best_model(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best_state)
+        return model
+
+    def test(self) -> dict[str, float]:
+        """Test-set metrics of the best-validation weights; test_time_s times the model only."""
+        model = self.best_model()
+        test_loss, test_acc = self.evaluate(self.test_x, self.test_y, model)  # also warms up kernels
+        self._sync()
+        start = time.perf_counter()
+        self._logits(model, self.test_x)
+        self._sync()
+        return {"test_loss": test_loss, "test_acc": test_acc, "test_time_s": time.perf_counter() - start}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        torch.save({
+            "epoch": self.epoch,
+            "training_time_s": self.training_time_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.data_generator),
+        }, folder / STATE_FILE)
+        torch.save({
+            "state_dict": self.best_state,
+            "val_acc": self.best_val_acc,
+            "epoch": self.best_epoch,
+            "precision": self.cfg.precision,
+            "model_config": self.model_cfg.model_dump(),
+            "channels_last": self.cfg.channels_last,
+        }, folder / BEST_FILE)
+
+    def load(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        best = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], self.data_generator)
+        self.epoch = state["epoch"]
+        self.training_time_s = state["training_time_s"]
+        self.best_state = best["state_dict"]
+        self.best_val_acc, self.best_epoch = best["val_acc"], best["epoch"]

@@ -1,0 +1,47 @@
+"""The Ray Tune function trainable: a Trainer driven epoch by epoch, reporting and
+checkpointing through `ray.tune` after every epoch and resuming from
+`ray.tune.get_checkpoint()` when Tune restarts or restores the trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from ray import tune
+
+from cifar_tune.data import CifarData
+from cifar_tune.orchestrator.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
+from cifar_tune.trainables.train import Trainer, pick_device
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `debug.fail_at_epoch`, to test recovery from checkpoints."""
+
+
+def train_cifar(config: dict[str, Any], data: CifarData) -> None:
+    """Train one trial. `config` is the experiment config with this trial's search values filled in;
+    `data` arrives once per experiment through the object store (`tune.with_parameters`)."""
+    train_cfg = TrainConfig.model_validate(config["train"])
+    model_cfg = ModelConfig.model_validate(config["model"])
+    debug = DebugConfig.model_validate(config.get("debug", {}))
+    device = pick_device(ResourcesConfig.model_validate(config["resources"]).gpus_per_trial)
+    trainer = Trainer(train_cfg, model_cfg, data, device)
+
+    resumed = False
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load(folder)
+        resumed = True
+
+    while trainer.epoch < train_cfg.epochs:
+        metrics: dict[str, Any] = trainer.train_epoch()
+        if trainer.epoch == train_cfg.epochs:
+            metrics.update(trainer.test())
+        metrics["device"] = str(device)
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if debug.fail_at_epoch == trainer.epoch < train_cfg.epochs and not resumed:
+            raise InjectedFailure(f"debug.fail_at_epoch: failing after epoch {trainer.epoch} as asked")

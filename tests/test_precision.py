@@ -1,0 +1,77 @@
+"""The precision policy: what each precision switches on, and what a device may refuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cifar_tune.orchestrator.config import ConfigError, validate_config
+from cifar_tune.orchestrator.preflight import plan, preflight
+from cifar_tune.precision import POLICIES, device_problem, policy
+
+
+def test_policies() -> None:
+    assert set(POLICIES) == {"fp32", "tf32", "amp_fp16", "amp_bf16"}
+    assert policy("amp_fp16").grad_scaler and policy("amp_fp16").autocast_dtype == torch.float16
+    assert not policy("amp_bf16").grad_scaler and policy("amp_bf16").autocast_dtype == torch.bfloat16
+    assert policy("fp32").autocast_dtype is None and not policy("fp32").allow_tf32
+    assert policy("tf32").allow_tf32
+
+
+@pytest.mark.parametrize("name", ["fp32", "tf32"])
+def test_tf32_flags_follow_the_policy(name: str) -> None:
+    policy(name).apply_backend_flags()
+    assert torch.backends.cuda.matmul.allow_tf32 is (name == "tf32")
+    assert torch.backends.cudnn.allow_tf32 is (name == "tf32")
+    assert torch.get_float32_matmul_precision() == ("high" if name == "tf32" else "highest")
+    policy("fp32").apply_backend_flags()
+
+
+def test_autocast_and_scaler_on_cpu() -> None:
+    layer = torch.nn.Linear(4, 4)
+    with policy("amp_bf16").autocast("cpu"):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    with policy("fp32").autocast("cpu"):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+    assert policy("amp_fp16").make_scaler("cpu").is_enabled()
+    assert not policy("fp32").make_scaler("cpu").is_enabled()
+
+
+def test_cpu_verdicts(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert "20x slower" in device_problem("amp_fp16", "cpu")
+    assert "CUDA" in device_problem("tf32", "cpu")
+    assert device_problem("fp32", "cpu") is None and device_problem("amp_bf16", "cpu") is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: True)
+    assert device_problem("amp_fp16", "cpu") is None  # AMX-FP16 runs fp16 GEMMs natively
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert "emulated" in device_problem("amp_bf16", "cpu")
+
+
+def test_preflight_rejects_fp16_on_cpu_unless_opted_in(tiny_raw, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    raw = {**tiny_raw, "search": {"precision": ["fp32", "amp_fp16"]}}
+    with pytest.raises(ConfigError, match=r"search\.precision: 'amp_fp16' on cpu: .*allow_slow_precision"):
+        preflight(validate_config(raw))
+    raw["train"] = {**raw["train"], "allow_slow_precision": True}
+    assert preflight(validate_config(raw)) == "cpu"
+
+
+def test_preflight_rejects_gpus_on_a_gpu_less_local_ray(tiny_raw, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    raw = {**tiny_raw, "resources": {"gpus_per_trial": 0.5}}
+    with pytest.raises(ConfigError, match=r"resources\.gpus_per_trial: 0\.5 .*no usable GPU"):
+        preflight(validate_config(raw))
+    # On a cluster the driver need not have the GPU itself.
+    raw["ray"] = {"address": "auto"}
+    assert preflight(validate_config(raw)) == "cuda"
+
+
+def test_plan_lists_trials_and_resources(tiny_raw) -> None:
+    raw = {**tiny_raw, "search": {"precision": ["fp32", "amp_bf16"], "seed": [0, 1]}}
+    text = plan(validate_config(raw))
+    assert "4 trial(s) x 3 epoch(s) on cpu" in text and "1 CPU, 0 GPU" in text
+    assert text.count("  trial ") == 4 and "precision=amp_bf16, seed=1" in text

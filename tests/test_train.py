@@ -1,0 +1,94 @@
+"""The training loop without Ray: it learns, resumes bit-for-bit, and stops on divergence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_tune.data import load_data
+from cifar_tune.orchestrator.config import validate_config
+from cifar_tune.trainables.train import DivergedError, PrecisionUnavailableError, Trainer
+
+TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s"}
+
+
+def _trainer(tiny_raw, **train) -> Trainer:
+    raw = {**tiny_raw, "train": {**tiny_raw["train"], **train}}
+    config = validate_config(raw)
+    return Trainer(config.train, config.model, load_data(config.data))
+
+
+def test_learns_the_learnable_set(tiny_raw) -> None:
+    trainer = _trainer(tiny_raw)
+    history = [trainer.train_epoch() for _ in range(3)]
+    assert history[-1]["val_acc"] > 0.6  # chance is 0.1
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert history[-1]["lr"] < history[0]["lr"]  # the cosine schedule decays
+    test = trainer.test()
+    assert set(test) == {"test_loss", "test_acc", "test_time_s"} and test["test_acc"] > 0.6
+
+
+def _without_times(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIME_KEYS}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+def test_resume_from_checkpoint_is_exact(tiny_raw, tmp_path: Path, precision: str) -> None:
+    straight = _trainer(tiny_raw, precision=precision)
+    straight_history = [straight.train_epoch() for _ in range(3)]
+
+    first = _trainer(tiny_raw, precision=precision)
+    for _ in range(2):
+        first.train_epoch()
+    first.save(tmp_path)
+    del first
+
+    torch.manual_seed(12345)  # a fresh process would start from other RNG states
+    torch.rand(100)
+    resumed = _trainer(tiny_raw, precision=precision)
+    resumed.load(tmp_path)
+    assert resumed.epoch == 2
+    last = resumed.train_epoch()
+
+    assert _without_times(last) == _without_times(straight_history[-1])
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert _without_times(resumed.test()) == _without_times(straight.test())
+
+
+def test_checkpoint_files_load_with_weights_only(tiny_raw, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_raw)
+    trainer.train_epoch()
+    trainer.save(tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    best = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    assert state["epoch"] == 1 and best["epoch"] == 1 and best["precision"] == "amp_bf16"
+    assert set(best["state_dict"]) == set(trainer.model.state_dict())
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tiny_raw) -> None:
+    trainer = _trainer(tiny_raw)
+    assert trainer.steps_per_epoch == 6
+    calls = {"train": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["train"] += 1
+            if calls["train"] >= 8:  # from epoch 2, step 2 on
+                return output * math.nan
+        return output
+
+    trainer.model.register_forward_hook(poison)
+    trainer.train_epoch()
+    with pytest.raises(DivergedError, match="diverged at epoch 2, step 2"):
+        trainer.train_epoch()
+
+
+def test_refuses_a_precision_the_device_cannot_run(tiny_raw, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    with pytest.raises(PrecisionUnavailableError, match="amp_fp16 on cpu"):
+        _trainer(tiny_raw, precision="amp_fp16")

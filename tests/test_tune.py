@@ -1,0 +1,134 @@
+"""Real Tune experiments on an embedded Ray with tiny data: learning, results, retries, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from cifar_tune import resume_experiment, run_experiment
+from cifar_tune.orchestrator.cluster import check_storage
+from cifar_tune.orchestrator.config import ConfigError, validate_config
+from cifar_tune.trainables.train import BEST_FILE, STATE_FILE
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
+              "train_images_per_s"}
+FINAL_KEYS = {"test_loss", "test_acc", "test_time_s"}
+COMPARED = ["train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc", "test_loss", "test_acc"]
+
+
+def _config(raw: dict[str, Any], **changes: Any):
+    raw = json.loads(json.dumps(raw))
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        if key:
+            raw.setdefault(section, {})[key] = value
+        else:
+            raw[section] = value
+    return validate_config(raw)
+
+
+def _final_metrics(outcome, **match: Any) -> dict[str, Any]:
+    for result in outcome.result_grid:
+        if all(result.config["train"][k] == v for k, v in match.items()):
+            return result.metrics
+    raise AssertionError(f"no trial with {match}")
+
+
+def _final_weights(result) -> dict[str, torch.Tensor]:
+    with result.checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One uninterrupted 3-epoch amp_bf16 trial, the reference for the resume tests."""
+    raw = {
+        "name": "straight", "storage_path": str(tmp_path_factory.mktemp("straight")),
+        "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
+        "resources": {"cpus_per_trial": 1},
+    }
+    return raw, run_experiment(validate_config(raw), quiet=True)
+
+
+def test_experiment_learns_and_writes_results(tiny_raw) -> None:
+    config = _config(tiny_raw, search={"precision": ["fp32", "amp_bf16"], "seed": [0]})
+    outcome = run_experiment(config, quiet=True)
+    table = outcome.table
+    assert list(table["precision"]) == ["amp_bf16", "fp32"] and list(table["seed"]) == [0, 0]
+    assert (table["status"] == "TERMINATED").all()
+    assert (table["best_val_acc"] > 0.6).all(), table  # chance is 0.1
+    assert table["test_acc"].notna().all() and (table["training_time_s"] > 0).all()
+
+    on_disk = pd.read_csv(outcome.path / "results.csv")
+    assert list(on_disk["precision"]) == list(table["precision"])
+    assert (outcome.path / "cifar_tune_config.yaml").is_file()
+
+    for result in outcome.result_grid:
+        history = result.metrics_dataframe
+        assert EPOCH_KEYS <= set(history.columns) and list(history["epoch"]) == [1, 2, 3]
+        assert FINAL_KEYS <= set(result.metrics)
+        best = result.get_best_checkpoint("val_acc", "max")
+        with best.as_directory() as folder:
+            saved = torch.load(Path(folder) / BEST_FILE, weights_only=True)
+        assert saved["val_acc"] == result.metrics["best_val_acc"]
+
+
+def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight) -> None:
+    reference_raw, reference = straight
+    config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"],
+                     debug={"fail_at_epoch": 2}, ray={"max_failures": 1})
+    outcome = run_experiment(config, quiet=True)
+    assert list(outcome.table["status"]) == ["TERMINATED"]
+    got, want = outcome.result_grid[0], reference.result_grid[0]
+    assert got.metrics["epoch"] == 3
+    assert {k: got.metrics[k] for k in COMPARED} == {k: want.metrics[k] for k in COMPARED}
+    for key, value in _final_weights(want).items():
+        assert torch.equal(value, _final_weights(got)[key]), key
+
+
+def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straight) -> None:
+    reference_raw, reference = straight
+    # epochs=2 finishes; epochs=3 fails after epoch 2 and is not retried (max_failures 0).
+    config = _config(reference_raw, name="interrupted", storage_path=tiny_raw["storage_path"],
+                     debug={"fail_at_epoch": 2}, search={"epochs": [2, 3]})
+    first = run_experiment(config, quiet=True)
+    assert dict(zip(first.table["epochs"], first.table["status"])) == {2: "TERMINATED", 3: "ERROR"}
+    assert "fail_at_epoch" in first.table.loc[first.table["epochs"] == 3, "error"].item()
+
+    finished = next(r for r in first.result_grid if r.config["train"]["epochs"] == 2)
+    finished_log = (Path(finished.path) / "result.json").read_text()
+
+    resumed = resume_experiment(first.path, quiet=True)
+    assert list(resumed.table["status"]) == ["TERMINATED", "TERMINATED"]
+    assert (Path(finished.path) / "result.json").read_text() == finished_log  # not rerun
+    got = _final_metrics(resumed, epochs=3)
+    want = reference.result_grid[0].metrics
+    assert {k: got[k] for k in COMPARED} == {k: want[k] for k in COMPARED}
+    assert pd.read_csv(resumed.path / "results.csv")["status"].tolist() == ["TERMINATED", "TERMINATED"]
+
+
+def test_existing_experiment_is_never_overwritten(tiny_raw) -> None:
+    config = _config(tiny_raw)
+    config.experiment_dir.mkdir(parents=True)
+    (config.experiment_dir / "results.csv").write_text("precious")
+    with pytest.raises(ConfigError, match="already exists; resume it with"):
+        run_experiment(config, quiet=True)
+    assert (config.experiment_dir / "results.csv").read_text() == "precious"
+
+
+def test_resume_of_a_non_experiment_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a cifar-tune experiment directory"):
+        resume_experiment(tmp_path)
+
+
+def test_local_storage_refused_on_multi_node_cluster(tiny_raw) -> None:
+    with pytest.raises(ConfigError, match=r"storage_path .*2-node cluster.*s3://"):
+        check_storage(_config(tiny_raw), nodes=2)
+    check_storage(_config(tiny_raw), nodes=1)
+    check_storage(_config(tiny_raw, storage_path="s3://bucket/exp"), nodes=2)
