@@ -92,3 +92,14 @@ def test_refuses_a_precision_the_device_cannot_run(tiny_raw, monkeypatch) -> Non
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
     with pytest.raises(PrecisionUnavailableError, match="amp_fp16 on cpu"):
         _trainer(tiny_raw, precision="amp_fp16")
+
+
+def test_deterministic_mode_trains_and_repeats(tiny_raw) -> None:
+    runs = []
+    for _ in range(2):
+        trainer = _trainer(tiny_raw, deterministic=True, precision="fp32")
+        runs.append(_without_times(trainer.train_epoch()))
+    assert torch.are_deterministic_algorithms_enabled()
+    assert runs[0] == runs[1]
+    _trainer(tiny_raw)  # back to the default for the tests that follow
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -132,3 +132,16 @@ def test_local_storage_refused_on_multi_node_cluster(tiny_raw) -> None:
         check_storage(_config(tiny_raw), nodes=2)
     check_storage(_config(tiny_raw), nodes=1)
     check_storage(_config(tiny_raw, storage_path="s3://bucket/exp"), nodes=2)
+
+
+def test_asha_scheduler_is_built_from_the_config(tiny_raw) -> None:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from cifar_tune.orchestrator.experiment import make_scheduler
+
+    assert isinstance(make_scheduler(_config(tiny_raw)), FIFOScheduler)
+    asha = make_scheduler(_config(tiny_raw, tune={"scheduler": "asha", "grace_period": 2, "reduction_factor": 2},
+                                  search={"epochs": [3, 8]}))
+    assert isinstance(asha, ASHAScheduler)
+    assert asha._max_t == 8 and asha._reduction_factor == 2
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [8, 4, 2]  # from the grace period up

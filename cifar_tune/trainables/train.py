@@ -13,7 +13,7 @@ step.
 from __future__ import annotations
 
 import copy
-import math
+import os
 import random
 import time
 from pathlib import Path
@@ -50,6 +50,9 @@ def pick_device(gpus_requested: float) -> torch.device:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    if deterministic:
+        # cuBLAS refuses deterministic mode without a fixed workspace; must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # CPU and every CUDA device: covers dropout and weight init

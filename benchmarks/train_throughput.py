@@ -1,0 +1,147 @@
+"""Training images/s: this project's training step against the original study's way of training.
+
+Reference (how the study did it): torchvision CIFAR10 + PIL transforms (RandomCrop(32, padding=4),
+RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, fp32, NCHW.
+Ours: cifar_tune's Trainer (uint8 tensors, tensor-op augmentation on the device), in fp32 NCHW,
+fp32 channels_last, and amp_bf16 channels_last. Same model (AlexNet, batch norm), optimizer, loss.
+
+Variants run interleaved, round after round, because this machine's speed drifts by up to 2x
+within minutes; medians and ratios are what to read. A 2048x2048 matmul measured in every round
+gives the achieved GFLOP/s a yardstick (training ~ 3x the forward FLOPs).
+
+    python benchmarks/train_throughput.py --data ../shared/data --rounds 3 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_line, matmul_gflops  # noqa: E402
+
+from cifar_tune.data import MEAN, STD, CifarData, batches_dir, load_cifar10  # noqa: E402
+from cifar_tune.models import FORWARD_FLOPS_PER_IMAGE, AlexNet  # noqa: E402
+from cifar_tune.orchestrator.config import ModelConfig, TrainConfig  # noqa: E402
+from cifar_tune.trainables.train import Trainer  # noqa: E402
+
+
+class LocalCIFAR10(CIFAR10):
+    """torchvision's CIFAR10 without its md5 check, so it reads a re-encoded local copy too."""
+
+    def _check_integrity(self) -> bool:
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
+                   for name, _ in self.train_list + self.test_list)
+
+
+class Reference:
+    """The original study's loop: DataLoader over PIL images, fp32, NCHW."""
+
+    name = "reference: DataLoader + PIL, fp32 NCHW"
+
+    def __init__(self, root: Path, batch_size: int, workers: int) -> None:
+        augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+        dataset = LocalCIFAR10(str(root), train=True, download=False, transform=augment)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                 drop_last=True, persistent_workers=workers > 0)
+        self.batches = iter(self.loader)
+        self.model = AlexNet()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                         weight_decay=5e-4)
+        self.batch_size = batch_size
+
+    def images_per_s(self, steps: int) -> float:
+        self.model.train()
+        start = time.perf_counter()
+        for _ in range(steps):
+            try:
+                x, y = next(self.batches)
+            except StopIteration:
+                self.batches = iter(self.loader)
+                x, y = next(self.batches)
+            loss = F.cross_entropy(self.model(x), y, label_smoothing=0.1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return steps * self.batch_size / (time.perf_counter() - start)
+
+
+class Ours:
+    """cifar_tune's Trainer, timed on its own training pass (train_images_per_s)."""
+
+    def __init__(self, data: CifarData, precision: str, channels_last: bool, batch_size: int, steps: int) -> None:
+        self.name = f"cifar-tune: {precision}, {'channels_last' if channels_last else 'NCHW'}, tensor aug"
+        n = steps * batch_size
+        small = CifarData(data.train_x[:n], data.train_y[:n], data.val_x[:batch_size], data.val_y[:batch_size],
+                          data.test_x[:batch_size], data.test_y[:batch_size], data.classes, data.checksums_ok)
+        cfg = TrainConfig(precision=precision, channels_last=channels_last, batch_size=batch_size,
+                          epochs=1000, eval_batch_size=batch_size)
+        self.trainer = Trainer(cfg, ModelConfig(), small)
+
+    def images_per_s(self, steps: int) -> float:
+        return self.trainer.train_epoch()["train_images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="training steps per variant per round")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_x, train_y, test_x, test_y, classes, ok = load_cifar10(args.data)
+    data = CifarData(train_x, train_y, train_x[:0], train_y[:0], test_x, test_y, classes, ok)
+    root = batches_dir(args.data).parent
+    variants = [Reference(root, args.batch_size, args.workers),
+                Ours(data, "fp32", False, args.batch_size, args.steps),
+                Ours(data, "fp32", True, args.batch_size, args.steps),
+                Ours(data, "amp_bf16", True, args.batch_size, args.steps)]
+    for v in variants:  # warm-up: first batches, allocator, oneDNN kernel choice
+        v.images_per_s(3 if isinstance(v, Reference) else args.steps)
+
+    speeds: dict[str, list[float]] = {v.name: [] for v in variants}
+    matmul: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for r in range(args.rounds):
+        matmul["fp32"].append(matmul_gflops(torch.float32))
+        matmul["bf16"].append(matmul_gflops(torch.bfloat16))
+        for v in variants:
+            speeds[v.name].append(v.images_per_s(args.steps))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{s[-1]:.0f}" for s in speeds.values()), flush=True)
+
+    ref = statistics.median(speeds[variants[0].name])
+    print(f"\n{machine_line()}")
+    print(f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, interleaved; "
+          f"reference DataLoader workers: {args.workers}\n")
+    print("| variant | img/s median (min-max) | vs reference | achieved GFLOP/s |")
+    print("|---|---|---|---|")
+    for name, values in speeds.items():
+        med = statistics.median(values)
+        gflops = med * 3 * FORWARD_FLOPS_PER_IMAGE / 1e9
+        print(f"| {name} | {med:.0f} ({min(values):.0f}-{max(values):.0f}) | {med / ref:.2f}x | {gflops:.0f} |")
+    print(f"\n2048x2048 matmul in the same rounds: fp32 {statistics.median(matmul['fp32']):.0f} GFLOP/s, "
+          f"bf16 {statistics.median(matmul['bf16']):.0f} GFLOP/s (medians)")
+    best = statistics.median(speeds[variants[-1].name]) / ref
+    print(f"target: amp_bf16 + channels_last >= 2.0x the reference: {best:.2f}x, "
+          f"{'met' if best >= 2.0 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
