@@ -84,7 +84,7 @@ class Ours:
     def __init__(self, data: CifarData, precision: str, channels_last: bool, batch_size: int, steps: int) -> None:
         self.name = f"cifar-tune: {precision}, {'channels_last' if channels_last else 'NCHW'}, tensor aug"
         n = steps * batch_size
-        small = CifarData(data.train_x[:n], data.train_y[:n], data.val_x[:batch_size], data.val_y[:batch_size],
+        small = CifarData(data.train_x[:n], data.train_y[:n], data.test_x[:batch_size], data.test_y[:batch_size],
                           data.test_x[:batch_size], data.test_y[:batch_size], data.classes, data.checksums_ok)
         cfg = TrainConfig(precision=precision, channels_last=channels_last, batch_size=batch_size,
                           epochs=1000, eval_batch_size=batch_size)

@@ -40,6 +40,7 @@ def _with(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
     ({"search": {"lr": []}}, "search.lr", "empty"),
     ({"search": {"colour": [1, 2]}}, "search.colour", "searchable keys"),
     ({"search": {"dropout": [0.5, 1.5]}}, "search.dropout[1]", "1.5"),
+    ({"search": {"precision": {"uniform": ["fp32", "tf32"]}}}, "search.precision.uniform", "not numeric"),
 ])
 def test_bad_values_name_key_and_value(tiny_raw, change, key, value) -> None:
     with pytest.raises(ConfigError) as exc:

@@ -70,6 +70,10 @@ def validate_search(config: ExperimentConfig) -> None:
                                   f"{'of values' if kind == 'choice' else '[low, high]'} (got {args!r})")
             values = [_check_value(config, section, field, v, f"search.{key}.{kind}[{i}]")
                       for i, v in enumerate(args)]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if kind != "choice" and not numeric:
+                raise ConfigError(f"search.{key}.{kind}: {key} is not numeric; use a list or "
+                                  f"{{choice: [...]}} (got {args!r})")
             if kind != "choice" and not values[0] < values[1]:
                 raise ConfigError(f"search.{key}.{kind}: low must be below high (got {args!r})")
             if kind == "loguniform" and values[0] <= 0:

@@ -235,7 +235,8 @@ class Trainer:
         return model
 
     def test(self) -> dict[str, float]:
-        """Test-set metrics of the best-validation weights; test_time_s times the model only."""
+        """Test-set metrics of the best-validation weights. test_time_s times one inference pass over
+        the test set already on the device (normalize + forward, no data loading), after a warm-up pass."""
         model = self.best_model()
         test_loss, test_acc = self.evaluate(self.test_x, self.test_y, model)  # also warms up kernels
         self._sync()
