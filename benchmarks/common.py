@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import time
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from cifar_tune.bench import cpu_name
 
 
 def machine_line() -> str:

@@ -26,23 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_line, matmul_gflops  # noqa: E402
 
-from cifar_tune.data import MEAN, STD, CifarData, batches_dir, load_cifar10  # noqa: E402
+from cifar_tune.data import MEAN, STD, CifarData, TorchvisionCIFAR10, batches_dir, load_cifar10  # noqa: E402
 from cifar_tune.models import FORWARD_FLOPS_PER_IMAGE, AlexNet  # noqa: E402
 from cifar_tune.orchestrator.config import ModelConfig, TrainConfig  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
-
-
-class LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 without its md5 check, so it reads a re-encoded local copy too."""
-
-    def _check_integrity(self) -> bool:
-        return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
-                   for name, _ in self.train_list + self.test_list)
 
 
 class Reference:
@@ -53,7 +44,7 @@ class Reference:
     def __init__(self, root: Path, batch_size: int, workers: int) -> None:
         augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                       transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-        dataset = LocalCIFAR10(str(root), train=True, download=False, transform=augment)
+        dataset = TorchvisionCIFAR10(str(root), train=True, download=False, transform=augment)
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                  drop_last=True, persistent_workers=workers > 0)
         self.batches = iter(self.loader)

@@ -29,4 +29,5 @@ def tiny_raw(cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},
+        "export": {"enabled": False},
     }

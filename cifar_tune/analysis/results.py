@@ -16,7 +16,8 @@ TABLE_COLUMNS = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "trainin
                  "epochs_done", "status", "error", "device", "trial_id", "path"]
 
 
-def _lookup(config: dict[str, Any], column: str) -> Any:
+def search_value(config: dict[str, Any], column: str) -> Any:
+    """A searched key's value in a trial config (it sits in the train or the model section)."""
     for section in ("train", "model"):
         if column in config.get(section, {}):
             return config[section][column]
@@ -32,7 +33,7 @@ def trial_row(result: Any, search_columns: list[str]) -> dict[str, Any]:
         status = "TERMINATED"
     else:
         status = "STOPPED"  # ended early by the scheduler, before the test pass
-    row = {col: _lookup(result.config or {}, col) for col in search_columns}
+    row = {col: search_value(result.config or {}, col) for col in search_columns}
     row.update({
         "best_val_acc": metrics.get("best_val_acc"),
         "best_epoch": metrics.get("best_epoch"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cifar_tune.bench import BenchPathError
 from cifar_tune.data import DataError
 from cifar_tune.orchestrator.config import ConfigError, describe_schema, load_config
 
@@ -38,7 +39,35 @@ def _parser() -> argparse.ArgumentParser:
                                         "errored ones retry from their last checkpoint, finished ones stay.")
     resume.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of an earlier run")
     resume.add_argument("--address", help="join this Ray cluster instead of the one in the saved config")
+
+    bench = sub.add_parser("bench", help="export, check and benchmark one trial's best weights",
+                           description="Export the best-validation weights of a trial (or checkpoint) directory "
+                                       "to TorchScript and ONNX, check parity on the test set and time every "
+                                       "variant; writes parity.json and bench.json into <trial>/export/.")
+    bench.add_argument("path", metavar="PATH", help="a trial directory or a checkpoint directory")
+    bench.add_argument("--data-root", help="CIFAR-10 folder (default: the experiment's data.root)")
+    bench.add_argument("--out", help="output folder (default: <trial dir>/export)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override an export setting, e.g. --set batch_sizes=[1,64] --set threads=2")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cifar_tune.bench import bench_path
+    from cifar_tune.orchestrator.config import DataConfig, ExportConfig, apply_overrides, validate_section
+
+    settings = validate_section(ExportConfig, apply_overrides({}, args.overrides), "export")
+    data = validate_section(DataConfig, {"root": args.data_root, "download": False}, "data") if args.data_root else None
+    result = bench_path(args.path, data, settings, args.out)
+    for row in result["parity"]:
+        extra = (f"accuracy {100 * row['accuracy']:.2f}% ({row['accuracy_change_pp']:+.2f} pp), "
+                 f"agreement {100 * row['agreement']:.2f}%" if "accuracy" in row else row.get("reason", ""))
+        print(f"{row['variant']:<20} {row['status']:<14} {extra}")
+    for row in result["bench"]:
+        if "p50_ms" in row:
+            print(f"{row['variant']:<20} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms, "
+                  f"p90 {row['p90_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['images_per_s']:.0f} img/s")
+    return 0 if not result["failed"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             from cifar_tune.orchestrator.experiment import run_experiment
 
             outcome = run_experiment(config)
+        elif args.command == "bench":
+            return _bench(args)
         else:
             from cifar_tune.orchestrator.experiment import resume_experiment
 
             outcome = resume_experiment(args.experiment_dir, address=args.address)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, BenchPathError) as exc:
         print(f"cifar-tune: error: {exc}", file=sys.stderr)
         return 2
     print(f"\nresults: {outcome.path / 'results.csv'}")

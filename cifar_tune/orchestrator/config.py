@@ -138,10 +138,40 @@ class RayConfig(Section):
     max_failures: int = Field(0, ge=-1, description="Retries of a failed trial from its last checkpoint (-1: forever).")
 
 
+class ExportConfig(Section):
+    enabled: bool = Field(True, description="Export, check and benchmark every finished trial's best checkpoint.")
+    gpus: float | None = Field(
+        None, ge=0, le=1, description="GPUs for each export task (null: 1 when the cluster has GPUs, else 0).")
+    cpus: float = Field(1.0, gt=0, description="CPUs reserved for each export task.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for inference (null: the task's CPUs).")
+    batch_sizes: list[int] = Field([1, 64, 512], min_length=1, description="Batch sizes to time.")
+    warmup_runs: int = Field(3, ge=0, description="Untimed runs before timing each variant and batch size.")
+    min_runs: int = Field(10, gt=0, description="Timed runs at least...")
+    min_duration_s: float = Field(1.0, ge=0, description="...and at least this long, per variant and batch size.")
+    fp32_min_agreement: float = Field(
+        0.999, gt=0, le=1, description="fp32 variants: least share of test images predicted as eager fp32 does.")
+    max_accuracy_drop_pp: float = Field(
+        1.0, ge=0, description="bf16/fp16/int8 variants: largest test-accuracy drop vs eager fp32, in points.")
+    calibration_images: int = Field(512, gt=0, description="Training images used to calibrate INT8.")
+    end_to_end: bool = Field(
+        True, description="Also time one DataLoader pass over the test files (the original study's measure).")
+    tensorrt: bool = Field(False, description="Put ONNX Runtime's TensorRT provider first where it is installed.")
+    timeout_s: float = Field(1800, gt=0, description="How long the experiment's end waits for unfinished exports.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"batch sizes must be positive, got {value}")
+        return sorted(set(value))
+
+
 class DebugConfig(Section):
     fail_at_epoch: int | None = Field(
         None, gt=0, description="Testing aid: a trial raises once, right after checkpointing this epoch."
     )
+    fail_export_seed: int | None = Field(
+        None, description="Testing aid: the export task of every trial with this seed raises.")
 
 
 class ExperimentConfig(Section):
@@ -157,6 +187,7 @@ class ExperimentConfig(Section):
     tune: TuneConfigSection = Field(default_factory=TuneConfigSection)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("name")
@@ -253,6 +284,14 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(format_validation_error(exc)) from None
     validate_search(config)
     return config
+
+
+def validate_section(section: type[BaseModel], raw: dict[str, Any], name: str) -> Any:
+    """Validate one section on its own (e.g. `cifar-tune bench --set`), errors named `name.key`."""
+    try:
+        return section.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, (name,))) from None
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:

@@ -24,6 +24,7 @@ from cifar_tune.analysis.results import format_table, results_table, write_resul
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig, dump_config, load_config
+from cifar_tune.orchestrator.export_hook import BENCH_CSV, ExportCallback, fastest_variants
 from cifar_tune.orchestrator.preflight import preflight
 from cifar_tune.orchestrator.search import param_space, search_columns, searched_values
 from cifar_tune.trainables.trainable import train_cifar
@@ -39,8 +40,9 @@ CHECKPOINT_SCORE = "val_acc"  # the checkpoint Tune keeps besides the latest: be
 @dataclass
 class ExperimentOutcome:
     path: Path
-    table: pd.DataFrame
+    table: pd.DataFrame  # one row per trial (results.csv)
     result_grid: Any  # ray.tune.ResultGrid
+    bench: pd.DataFrame  # one row per trial x variant x batch size (bench.csv); empty without exports
 
 
 def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
@@ -92,10 +94,22 @@ def _finish(config: ExperimentConfig, path: Path, grid: Any, quiet: bool) -> Exp
     table = results_table(grid, search_columns(config))
     if config.storage_is_local():
         write_results(table, path)
+    bench_path = path / BENCH_CSV
+    bench = pd.read_csv(bench_path) if bench_path.is_file() and bench_path.stat().st_size > 1 else pd.DataFrame()
     if not quiet:
         print(f"\nResults of {config.name} ({path}):")
         print(format_table(table))
-    return ExperimentOutcome(path, table, grid)
+        fastest = fastest_variants(bench)
+        if not fastest.empty:
+            print("\nDeployment: fastest parity-checked variant per precision, speedup over eager fp32 "
+                  f"(p50 latency; details in {bench_path}):")
+            print(fastest.to_string(index=False, float_format=lambda v: f"{v:.2f}x"))
+    return ExperimentOutcome(path, table, grid, bench)
+
+
+def _callbacks(config: ExperimentConfig, extra: Sequence[Any]) -> list[Any]:
+    hooks = [ExportCallback(config, search_columns(config))] if config.export.enabled else []
+    return hooks + list(extra)
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
@@ -108,7 +122,7 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
         if config.storage_is_local():
             config.experiment_dir.mkdir(parents=True, exist_ok=True)
             dump_config(config, config.experiment_dir / CONFIG_FILE)
-        grid = make_tuner(config, data, callbacks).fit()
+        grid = make_tuner(config, data, _callbacks(config, callbacks)).fit()
     return _finish(config, Path(grid.experiment_path), grid, quiet)
 
 

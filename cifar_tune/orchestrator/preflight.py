@@ -4,6 +4,8 @@ and can the trials get that device at all? Also the dry-run plan.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from cifar_tune.orchestrator.cluster import effective_address
@@ -28,6 +30,11 @@ def preflight(config: ExperimentConfig) -> str:
             "cluster with --address")
     where = "search.precision" if any(k in ("precision", "train.precision") for k in config.search) \
         else "train.precision"
+    if config.export.enabled:
+        missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"export.enabled: true needs {', '.join(missing)} (pip install {' '.join(missing)}; "
+                              "onnxruntime-gpu on GPU nodes) or set export.enabled: false")
     for precision in searched_values(config, "precision"):
         problem = device_problem(precision, device)
         if problem and not config.train.allow_slow_precision:

@@ -1,0 +1,220 @@
+"""Parity and latency of a trial's deployment variants: what `cifar-tune bench` and the post-trial
+hook run, and what they write (`export/parity.json`, `export/bench.json`).
+
+Parity: every variant's logits on the test set against eager fp32: accuracy, agreement of the
+predicted class, max / mean absolute logit difference. fp32 variants must agree on
+`fp32_min_agreement` of the images; bf16 / fp16 / int8 ones may lose at most
+`max_accuracy_drop_pp` points. Outside that: `parity_failed`, and never the "fastest variant".
+
+Latency: per variant and batch size, warm-up runs, then timed runs until both `min_runs` and
+`min_duration_s` are reached; p50 / p90 / p99 and images/s (batch / p50). The input is already
+where the variant wants it (on the GPU, bound for ONNX Runtime), so only compute is timed, and
+CUDA work is synchronized before every clock read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifar_tune.data import normalize
+from cifar_tune.export import Variant, build_variants, load_best_model
+
+EXPORT_DIR = "export"
+PARITY_FILE = "parity.json"
+BENCH_FILE = "bench.json"
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "onnx_version": onnx.__version__,
+        "threads": threads,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def logits_of(variant: Variant, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([variant.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def parity(variant: Variant, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor,
+           settings: Any) -> dict[str, Any]:
+    """Compare one variant with the eager fp32 logits `reference` on normalized test images."""
+    logits = logits_of(variant, images)
+    diff = (logits - reference).abs()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    reference_accuracy = (reference.argmax(1) == labels).float().mean().item()
+    agreement = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+    change_pp = 100 * (accuracy - reference_accuracy)
+    if variant.precision == "fp32":
+        ok = agreement >= settings.fp32_min_agreement
+        tolerance = f"agreement >= {settings.fp32_min_agreement}"
+    else:
+        ok = change_pp >= -settings.max_accuracy_drop_pp
+        tolerance = f"accuracy change >= -{settings.max_accuracy_drop_pp} pp"
+    return {
+        "variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
+        "device": str(variant.device), "images": len(labels), "accuracy": accuracy,
+        "accuracy_change_pp": change_pp, "agreement": agreement,
+        "max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(),
+        "tolerance": tolerance, "status": "ok" if ok else "parity_failed",
+    }
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def latency(variant: Variant, batch_size: int, settings: Any) -> dict[str, Any]:
+    x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
+    for _ in range(settings.warmup_runs):
+        variant.run(x)
+    variant.sync()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < settings.min_runs or time.perf_counter() - started < settings.min_duration_s:
+        t0 = time.perf_counter()
+        variant.run(x)
+        variant.sync()
+        times.append(time.perf_counter() - t0)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"batch_size": batch_size, "runs": len(times), "p50_ms": 1e3 * p50, "p90_ms": 1e3 * p90,
+            "p99_ms": 1e3 * p99, "mean_ms": 1e3 * float(np.mean(times)), "images_per_s": batch_size / p50}
+
+
+def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int = 100) -> list[dict[str, Any]]:
+    """The original study's number: one pass over the test set *from files*, through a DataLoader
+    with PIL transforms, into each variant. Includes data loading; labelled so."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from cifar_tune.data import MEAN, STD, TorchvisionCIFAR10, batches_dir
+
+    if data_root is None or not batches_dir(data_root).exists():
+        return []
+    dataset = TorchvisionCIFAR10(str(batches_dir(data_root).parent), train=False, download=False,
+                                 transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
+    rows = []
+    for variant in variants:
+        if variant.name not in ("eager_fp32", "torchscript", "onnx_fp32"):
+            continue
+        start = time.perf_counter()
+        for x, _ in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+            variant.run(variant.prepare(x))
+        variant.sync()
+        rows.append({"variant": variant.name, "batch_size": batch_size, "images": len(dataset),
+                     "seconds_including_data_loading": time.perf_counter() - start})
+    return rows
+
+
+# --------------------------------------------------------------------------- one checkpoint
+
+
+def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: torch.Tensor, test_y: torch.Tensor,
+                     calibration_x: torch.Tensor, settings: Any, device: torch.device | None = None,
+                     threads: int | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """Export, check and time one checkpoint's best weights; write parity.json and bench.json into
+    out_dir and return {"parity": [...], "bench": [...], "end_to_end": [...], "failed": {...}}."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = threads or settings.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    model, meta = load_best_model(checkpoint_dir)
+    channels_last = False
+    images = normalize(test_x, channels_last)
+    calibration = normalize(calibration_x[: settings.calibration_images], channels_last)
+    variants, failed = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt)
+
+    reference = logits_of(variants[0], images)
+    parity_rows = [parity(v, images, test_y, reference, settings) for v in variants]
+    parity_rows += [{"variant": name, "status": "export_failed", "reason": reason} for name, reason in failed.items()]
+    status = {row["variant"]: row["status"] for row in parity_rows}
+
+    env = environment(device, threads)
+    bench_rows = []
+    for variant in variants:
+        for batch_size in settings.batch_sizes:
+            row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
+                   "device": str(variant.device), "parity": status[variant.name], **env}
+            try:
+                row.update(latency(variant, batch_size, settings))
+            except Exception as exc:  # e.g. out of memory at the largest batch
+                row.update({"batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            bench_rows.append(row)
+    e2e = end_to_end(variants, data_root) if settings.end_to_end else []
+
+    summary = {"checkpoint": str(checkpoint_dir), "best_val_acc": meta.get("val_acc"),
+               "best_epoch": meta.get("epoch"), "trained_precision": meta.get("precision"), **env}
+    (out_dir / PARITY_FILE).write_text(json.dumps({**summary, "variants": parity_rows}, indent=2))
+    (out_dir / BENCH_FILE).write_text(json.dumps({**summary, "results": bench_rows, "end_to_end": e2e}, indent=2))
+    return {"parity": parity_rows, "bench": bench_rows, "end_to_end": e2e, "failed": failed}
+
+
+# --------------------------------------------------------------------------- a path from the CLI
+
+
+class BenchPathError(ValueError):
+    """The path given to `cifar-tune bench` is not a trial or checkpoint directory."""
+
+    exit_code = 2
+
+
+def locate_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint dir holding best_model.pt, its trial dir or None) for a trial or checkpoint dir."""
+    path = Path(path).expanduser().resolve()
+    if (path / "best_model.pt").is_file():
+        trial = path.parent if (path.parent / "params.json").is_file() else None
+        return path, trial
+    checkpoints = sorted(path.glob("checkpoint_*"), key=lambda p: p.name)
+    checkpoints = [c for c in checkpoints if (c / "best_model.pt").is_file()]
+    if (path / "params.json").is_file() and checkpoints:
+        return checkpoints[-1], path  # every checkpoint carries the best-so-far weights; the last has the best
+    raise BenchPathError(
+        f"{path}: not a trial directory (params.json and checkpoint_*/best_model.pt) or a checkpoint "
+        "directory (best_model.pt); give e.g. results/<name>/train_cifar_<id>/")
+
+
+def bench_path(path: str | Path, data_config: Any = None, settings: Any = None,
+               out_dir: str | Path | None = None) -> dict[str, Any]:
+    """`cifar-tune bench PATH`: export, check and time one trial's best weights, standalone.
+
+    The test set comes from `data_config`, or from the experiment's saved config beside the trial."""
+    from cifar_tune.data import load_data
+    from cifar_tune.orchestrator.config import ExportConfig, load_config
+
+    checkpoint, trial = locate_checkpoint(path)
+    if data_config is None:
+        saved = trial.parent / "cifar_tune_config.yaml" if trial else None
+        if saved is None or not saved.is_file():
+            raise BenchPathError(f"{path}: no cifar_tune_config.yaml beside the trial to find the data; "
+                                 "pass --data-root")
+        data_config = load_config(saved).data
+    settings = settings or ExportConfig()
+    data = load_data(data_config)
+    out = Path(out_dir) if out_dir else (trial or checkpoint) / EXPORT_DIR
+    return bench_checkpoint(checkpoint, out, data.test_x, data.test_y, data.train_x, settings,
+                            threads=settings.threads, data_root=data_config.root)

@@ -1,0 +1,269 @@
+"""Deployment variants of a trained AlexNet: building, saving, loading and running each one.
+
+From a trial's best-validation weights (`best_model.pt`):
+
+    eager_fp32           the reference: the PyTorch model as trained, fp32, NCHW
+    eager_channels_last  same weights, channels_last memory format
+    eager_bf16 / _fp16   torch.autocast at inference, channels_last (fp16 only where the device runs it well)
+    torchscript          jit.trace + freeze saved as model.pt; optimize_for_inference when loaded
+    onnx_fp32            torch.onnx.export, dynamic batch, one file model.onnx, ONNX Runtime with
+                         graph optimization ALL (CUDA provider with IO binding on GPU, CPU otherwise)
+    onnx_fp16            model.fp16.onnx, fp16 weights and math, fp32 inputs/outputs (GPU only)
+    onnx_int8            model.int8.onnx, static QDQ quantization calibrated on training images (CPU)
+
+Every variant takes a normalized float32 NCHW batch and returns float32 logits, so parity and
+timing code treat them alike. `prepare` moves an input where the variant wants it (outside any
+timer); `run` is what gets timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifar_tune.models import AlexNet
+from cifar_tune.orchestrator.config import ModelConfig
+from cifar_tune.precision import device_problem
+
+TORCHSCRIPT_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+ONNX_FP16_FILE = "model.fp16.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+
+
+class ExportError(RuntimeError):
+    """A variant could not be built; the message says which and why."""
+
+
+def load_best_model(checkpoint_dir: str | Path) -> tuple[AlexNet, dict[str, Any]]:
+    """The best-validation weights of a checkpoint folder, as an fp32 eval-mode model on the CPU."""
+    path = Path(checkpoint_dir) / "best_model.pt"
+    if not path.is_file():
+        raise ExportError(f"{checkpoint_dir}: no best_model.pt (not a cifar-tune checkpoint)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = AlexNet(**{"dropout": ModelConfig(**saved["model_config"]).dropout,
+                       "batch_norm": saved["model_config"]["batch_norm"]})
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@dataclass
+class Variant(ABC):
+    """One deployable form of the model on one device."""
+
+    name: str
+    precision: str  # fp32 | bf16 | fp16 | int8: sets the parity tolerance
+    device: torch.device
+    runtime: str  # "torch", or the ONNX Runtime provider that really runs it
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        return x.to(self.device)
+
+    @abstractmethod
+    def run(self, prepared: Any) -> Any:
+        """The timed part: one forward pass on a prepared input."""
+
+    def to_logits(self, output: Any) -> torch.Tensor:
+        return output.float().cpu()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_logits(self.run(self.prepare(x)))
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class EagerVariant(Variant):
+    def __init__(self, name: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False) -> None:
+        super().__init__(name, precision, device, "torch")
+        self.channels_last = channels_last
+        self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            return self.model(x)
+
+
+class TorchScriptVariant(Variant):
+    """model.pt is the traced, frozen module; optimize_for_inference runs at load time, because the
+    ops it inserts (prepacked oneDNN / cuDNN fusions) belong to the device and do not survive
+    torch.jit.save / torch.jit.load."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        super().__init__("torchscript", "fp32", device, "torch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still works
+            self.module = torch.jit.optimize_for_inference(torch.jit.load(str(path), map_location=device).eval())
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class OrtVariant(Variant):
+    """An ONNX file in ONNX Runtime; on CUDA the input and output live on the GPU (IO binding),
+    so host-device copies are not timed as compute."""
+
+    def __init__(self, name: str, precision: str, path: Path, device: torch.device, threads: int,
+                 tensorrt: bool = False) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # the CUDA->CPU fallback is detected below, not logged
+        wanted = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
+                wanted.insert(0, "TensorrtExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        actual = self.session.get_providers()[0]
+        # onnxruntime-gpu falls back to CPU silently: believe the session, not the request.
+        if device.type == "cuda" and actual == "CPUExecutionProvider":
+            device = torch.device("cpu")
+        super().__init__(name, precision, device, actual)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        if self.device.type != "cuda":
+            return x.contiguous().numpy()
+        x = x.to(self.device).contiguous()
+        out = torch.empty((x.shape[0], 10), device=self.device, dtype=torch.float32)
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", self.device.index or 0, np.float32, tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", self.device.index or 0, np.float32, tuple(out.shape),
+                            out.data_ptr())
+        return binding, x, out  # keep x and out alive while the binding points at them
+
+    def run(self, prepared: Any) -> Any:
+        if self.device.type != "cuda":
+            return self.session.run([self.output_name], {self.input_name: prepared})[0]
+        binding, _, out = prepared
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def to_logits(self, output: Any) -> torch.Tensor:
+        return torch.as_tensor(output).float().cpu()
+
+
+# --------------------------------------------------------------------------- building files
+
+
+def save_torchscript(model: torch.nn.Module, path: Path) -> Path:
+    example = torch.randn(2, 3, 32, 32)
+    # no_grad, not inference_mode: inference tensors baked into a trace break torch.jit.load
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.freeze(torch.jit.trace(model.eval(), example)).save(str(path))
+    return path
+
+
+def save_onnx(model: torch.nn.Module, path: Path) -> Path:
+    """fp32 ONNX with a dynamic batch dimension, in one self-contained file, checked by onnx.checker."""
+    import onnx
+
+    example = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def save_onnx_fp16(fp32_path: Path, path: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Path:
+    """Static INT8 (QDQ, per-channel weights) calibrated on normalized training images."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": b.numpy()} for b in calibration.split(64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    # The recommended pre-pass (shape inference, graph clean-up) before quantizing.
+    prepared = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))
+    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
+                   threads: int, tensorrt: bool = False) -> tuple[list[Variant], dict[str, str]]:
+    """Write the export files into out_dir and return every variant that could be built on `device`,
+    plus {variant name: reason} for those that could not (an export exception is recorded, not raised)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants: list[Variant] = [EagerVariant("eager_fp32", copy.deepcopy(model), device)]
+    failed: dict[str, str] = {}
+
+    def attempt(name: str, build) -> None:
+        try:
+            variants.append(build())
+        except Exception as exc:  # one broken variant must not stop the others
+            failed[name] = f"{type(exc).__name__}: {exc}".strip()[:500]
+
+    attempt("eager_channels_last",
+            lambda: EagerVariant("eager_channels_last", copy.deepcopy(model), device, channels_last=True))
+    for precision, name in (("bf16", "amp_bf16"), ("fp16", "amp_fp16")):
+        if device_problem(name, device.type) is None:
+            attempt(f"eager_{precision}",
+                    lambda p=precision: EagerVariant(f"eager_{p}", copy.deepcopy(model), device, p, channels_last=True))
+    attempt("torchscript", lambda: TorchScriptVariant(save_torchscript(model, out_dir / TORCHSCRIPT_FILE), device))
+    try:
+        onnx_path = save_onnx(model, out_dir / ONNX_FILE)
+    except Exception as exc:
+        failed["onnx_fp32"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+        return variants, failed
+    attempt("onnx_fp32", lambda: OrtVariant("onnx_fp32", "fp32", onnx_path, device, threads, tensorrt))
+    on_gpu = any(v.name == "onnx_fp32" and v.device.type == "cuda" for v in variants)
+    if on_gpu:
+        attempt("onnx_fp16", lambda: OrtVariant("onnx_fp16", "fp16", save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE),
+                                                device, threads, tensorrt))
+    attempt("onnx_int8", lambda: OrtVariant("onnx_int8", "int8",
+                                            save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration),
+                                            torch.device("cpu"), threads))
+    return variants, failed

@@ -1,0 +1,146 @@
+"""The post-trial hook: when a trial completes, a Ray task exports its best weights, checks parity
+and benchmarks the variants (cifar_tune.bench), while the experiment carries on.
+
+Tune runs callbacks inside its driver loop, so the callback only *launches* the task and keeps
+its ObjectRef; blocking there (ray.get) while trials hold every CPU would stall Tune for good.
+`on_experiment_end` waits for what is still running, at most `export.timeout_s`, and writes
+`bench.csv` (one row per trial x variant x batch size) beside results.csv. A failed or timed-out
+export is recorded with its reason and never fails the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+
+from cifar_tune.analysis.results import search_value
+from cifar_tune.orchestrator.config import ExperimentConfig, ExportConfig
+
+BENCH_CSV = "bench.csv"
+EXPORTS_JSON = "exports.json"  # per trial: ok / failed / timeout, with the reason
+
+
+@ray.remote
+def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
+                 data_root: str | None, inject_failure: bool) -> dict[str, Any]:
+    """Runs on a worker: export, parity and latency for one checkpoint. Device: what torch sees here."""
+    from cifar_tune.bench import bench_checkpoint
+
+    if inject_failure:
+        raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
+    config = ExportConfig.model_validate(settings)
+    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    threads = config.threads or max(1, int(config.cpus))
+    test_x, test_y, calibration_x = data
+    return bench_checkpoint(checkpoint_dir, out_dir, test_x, test_y, calibration_x, config, device=device,
+                            threads=threads, data_root=data_root)
+
+
+def export_gpus(config: ExportConfig) -> float:
+    if config.gpus is not None:
+        return config.gpus
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+class ExportCallback(tune.Callback):
+    """Launches `export_trial` for every trial that completes; collects them at the end and writes
+    bench.csv and exports.json into the experiment directory (merged with those of earlier runs of
+    the same experiment, so a resumed experiment keeps the exports it already had)."""
+
+    def __init__(self, config: ExperimentConfig, search_columns: list[str]) -> None:
+        self.config = config
+        self.search_columns = search_columns
+        self._data_ref: Any = None
+        self.pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # trial id -> (ObjectRef, row keys)
+        self.outcomes: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment; object refs die with the Ray session.
+        return {**self.__dict__, "_data_ref": None, "pending": {}, "outcomes": {}}
+
+    def _data(self) -> Any:
+        """Test images and calibration images in the object store, read on first need."""
+        if self._data_ref is None:
+            from cifar_tune.data import load_data
+
+            data = load_data(self.config.data)
+            self._data_ref = ray.put((data.test_x, data.test_y, data.train_x[: self.config.export.calibration_images]))
+        return self._data_ref
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint = trial.checkpoint
+        if checkpoint is None or "test_acc" not in (trial.last_result or {}):
+            return  # stopped early by the scheduler: no final weights to export
+        train = trial.config.get("train", {})
+        row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
+               **{c: search_value(trial.config, c) for c in self.search_columns}}
+        export = self.config.export
+        ref = export_trial.options(num_cpus=export.cpus, num_gpus=export_gpus(export)).remote(
+            checkpoint.path, str(Path(trial.path) / "export"), self._data(), export.model_dump(),
+            self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed)
+        self.pending[trial.trial_id] = (ref, row)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.collect(self.config.export.timeout_s)
+        if self.config.storage_is_local():
+            self.write(self.config.experiment_dir)
+
+    def collect(self, timeout_s: float) -> None:
+        refs = [ref for ref, _ in self.pending.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+        for trial_id, (ref, row) in self.pending.items():
+            if ref not in ready:
+                ray.cancel(ref, force=True)
+                self.outcomes[trial_id] = {**row, "status": "timeout",
+                                           "reason": f"not finished after export.timeout_s={timeout_s:g}"}
+                continue
+            try:
+                self.outcomes[trial_id] = {**row, "status": "ok", "result": ray.get(ref)}
+            except Exception as exc:  # an export failure is recorded, never raised
+                cause = getattr(exc, "cause", None) or exc
+                self.outcomes[trial_id] = {**row, "status": "failed",
+                                           "reason": f"{type(cause).__name__}: {cause}".splitlines()[0][:500]}
+        self.pending.clear()
+
+    def write(self, experiment_dir: Path) -> pd.DataFrame:
+        """bench.csv and exports.json; rows of trials exported by an earlier run are kept."""
+        summary_path, bench_path = experiment_dir / EXPORTS_JSON, experiment_dir / BENCH_CSV
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        earlier = pd.read_csv(bench_path) if bench_path.exists() and bench_path.stat().st_size > 1 else pd.DataFrame()
+        if not earlier.empty:
+            earlier = earlier[~earlier["trial_id"].isin(list(self.outcomes))]
+        rows = []
+        for trial_id, outcome in self.outcomes.items():
+            keys = {k: v for k, v in outcome.items() if k not in ("result", "status", "reason")}
+            for bench in (outcome.get("result") or {}).get("bench", []):
+                rows.append({**keys, **bench})
+            summary[trial_id] = {k: v for k, v in outcome.items() if k != "result"}
+        table = pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True)
+        table.to_csv(bench_path, index=False)
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        return table
+
+
+def fastest_variants(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per trained precision: the fastest parity-ok variant and its speedup over eager fp32, at
+    batch 1 and at the largest batch (p50 latencies, median over the trials of that precision)."""
+    if bench.empty or "p50_ms" not in bench:
+        return pd.DataFrame()
+    ok = bench[(bench["parity"] == "ok") & bench["p50_ms"].notna()]
+    ok = ok.assign(precision=ok["precision"] if "precision" in ok else "all")
+    latency = ok.groupby(["precision", "batch_size", "variant"])["p50_ms"].median().reset_index()
+    rows = []
+    for precision, part in latency.groupby("precision"):
+        row: dict[str, Any] = {"precision": precision}
+        for label, batch in (("batch 1", part["batch_size"].min()), ("largest batch", part["batch_size"].max())):
+            at = part[part["batch_size"] == batch].set_index("variant")["p50_ms"]
+            row[f"fastest, {label} ({batch})"] = at.idxmin()
+            row[f"speedup, {label}"] = at.get("eager_fp32", float("nan")) / at.min()
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,195 @@
+"""Deployment variants: export, fresh-process loading, parity, benchmark files, the post-trial hook."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from cifar_tune import export as export_mod
+from cifar_tune.bench import BENCH_FILE, PARITY_FILE, BenchPathError, bench_checkpoint, locate_checkpoint
+from cifar_tune.data import load_data, normalize
+from cifar_tune.orchestrator.config import ExportConfig, validate_config
+from cifar_tune.orchestrator.export_hook import fastest_variants
+from cifar_tune.trainables.train import Trainer
+
+QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration_s=0.0, calibration_images=64,
+                     end_to_end=False)
+PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", "accuracy", "accuracy_change_pp",
+                 "agreement", "max_abs_diff", "mean_abs_diff", "tolerance", "status"}
+BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
+                "p90_ms", "p99_ms", "mean_ms", "images_per_s", "device_name", "torch_version",
+                "onnxruntime_version", "onnx_version", "threads", "date"}
+CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "eager_bf16", "torchscript", "onnx_fp32", "onnx_int8"}
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A checkpoint of AlexNet trained for two epochs on the tiny learnable set, in a trial-like folder."""
+    config = validate_config({
+        "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "precision": "fp32"},
+    })
+    data = load_data(config.data)
+    trainer = Trainer(config.train, config.model, data)
+    trainer.train_epoch()
+    trainer.train_epoch()
+    trial = tmp_path_factory.mktemp("trial")
+    (trial / "params.json").write_text("{}")
+    (trial / "checkpoint_000001").mkdir()
+    trainer.save(trial / "checkpoint_000001")
+    return trial, data
+
+
+@pytest.fixture(scope="module")
+def exported(trained) -> tuple[Path, dict[str, Any]]:
+    trial, data = trained
+    out = trial / "export"
+    result = bench_checkpoint(trial / "checkpoint_000001", out, data.test_x, data.test_y, data.train_x, QUICK,
+                              device=torch.device("cpu"), threads=1)
+    return out, result
+
+
+def test_every_cpu_variant_exports_and_meets_parity(exported) -> None:
+    out, result = exported
+    assert result["failed"] == {}
+    assert {row["variant"] for row in result["parity"]} == CPU_VARIANTS
+    for row in result["parity"]:
+        assert row["status"] == "ok", row
+        assert PARITY_FIELDS <= set(row)
+        if row["variant_precision"] == "fp32":
+            assert row["agreement"] >= 0.999 and row["max_abs_diff"] < 1e-3, row
+    for name in ("model.pt", "model.onnx", "model.int8.onnx"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.data"))  # ONNX in one self-contained file
+    for name in ("model.onnx", "model.int8.onnx"):
+        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
+
+
+def test_exported_files_load_in_a_fresh_process(exported, trained) -> None:
+    out, _ = exported
+    trial, _ = trained
+    script = f"""
+import sys, json, numpy as np, torch, onnxruntime as ort
+from cifar_tune.export import load_best_model
+model, _ = load_best_model({str(trial / 'checkpoint_000001')!r})
+x = torch.randn(5, 3, 32, 32)
+want = model(x).detach()
+ts = torch.jit.load({str(out / 'model.pt')!r})(x)
+session = ort.InferenceSession({str(out / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
+got = session.run(None, {{session.get_inputs()[0].name: x.numpy()}})[0]
+big = session.run(None, {{session.get_inputs()[0].name: torch.randn(37, 3, 32, 32).numpy()}})[0]
+print(json.dumps([float((ts - want).abs().max()), float(np.abs(got - want.numpy()).max()), list(big.shape)]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ts_diff, onnx_diff, dynamic_shape = json.loads(run.stdout.strip().splitlines()[-1])
+    assert ts_diff < 1e-4 and onnx_diff < 1e-4
+    assert dynamic_shape == [37, 10]  # the batch dimension is dynamic
+
+
+def test_bench_and_parity_files_have_the_documented_fields(exported) -> None:
+    out, result = exported
+    bench = json.loads((out / BENCH_FILE).read_text())
+    parity = json.loads((out / PARITY_FILE).read_text())
+    assert {row["variant"] for row in parity["variants"]} == CPU_VARIANTS
+    assert len(bench["results"]) == len(CPU_VARIANTS) * len(QUICK.batch_sizes)
+    for row in bench["results"]:
+        assert BENCH_FIELDS <= set(row), set(BENCH_FIELDS) - set(row)
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["runs"] >= QUICK.min_runs
+        assert row["threads"] == 1 and row["runtime"] in ("torch", "CPUExecutionProvider")
+
+
+def test_a_failing_export_is_recorded_and_the_rest_still_run(trained, tmp_path: Path, monkeypatch) -> None:
+    trial, data = trained
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated exporter crash")
+
+    monkeypatch.setattr(export_mod, "save_onnx", broken)
+    result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x,
+                              QUICK, device=torch.device("cpu"), threads=1)
+    assert "simulated exporter crash" in result["failed"]["onnx_fp32"]
+    statuses = {row["variant"]: row["status"] for row in result["parity"]}
+    assert statuses["onnx_fp32"] == "export_failed" and statuses["torchscript"] == "ok"
+
+
+def test_parity_failure_is_marked(trained) -> None:
+    from cifar_tune.bench import logits_of, parity
+    from cifar_tune.export import EagerVariant, load_best_model
+
+    trial, data = trained
+    model, _ = load_best_model(trial / "checkpoint_000001")
+    images = normalize(data.test_x)
+    reference = logits_of(EagerVariant("eager_fp32", model, torch.device("cpu")), images)
+    other = EagerVariant("eager_fp32", export_mod.AlexNet().eval(), torch.device("cpu"))  # untrained weights
+    row = parity(other, images, data.test_y, reference, QUICK)
+    assert row["status"] == "parity_failed" and row["agreement"] < 0.999
+
+
+def test_locate_checkpoint(trained, tmp_path: Path) -> None:
+    trial, _ = trained
+    assert locate_checkpoint(trial) == (trial / "checkpoint_000001", trial)
+    assert locate_checkpoint(trial / "checkpoint_000001") == (trial / "checkpoint_000001", trial)
+    with pytest.raises(BenchPathError, match="not a trial directory"):
+        locate_checkpoint(tmp_path)
+
+
+def test_fastest_variants_table() -> None:
+    rows = []
+    for precision, speed in (("fp32", 1.0), ("amp_bf16", 2.0)):
+        for batch, eager, onnx_ms, int8_ms in ((1, 4.0, 2.0, 1.0), (512, 800.0, 700.0, 300.0)):
+            rows += [{"precision": precision, "variant": "eager_fp32", "batch_size": batch, "p50_ms": eager, "parity": "ok"},
+                     {"precision": precision, "variant": "onnx_fp32", "batch_size": batch, "p50_ms": onnx_ms, "parity": "ok"},
+                     {"precision": precision, "variant": "onnx_int8", "batch_size": batch, "p50_ms": int8_ms / speed,
+                      "parity": "ok" if precision == "fp32" else "parity_failed"}]
+    table = fastest_variants(pd.DataFrame(rows)).set_index("precision")
+    assert table.loc["fp32", "fastest, batch 1 (1)"] == "onnx_int8" and table.loc["fp32", "speedup, batch 1"] == 4.0
+    # A variant that failed parity is never the fastest.
+    assert table.loc["amp_bf16", "fastest, largest batch (512)"] == "onnx_fp32"
+    assert table.loc["amp_bf16", "speedup, largest batch"] == pytest.approx(800 / 700)
+
+
+def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw) -> None:
+    from cifar_tune import run_experiment
+
+    quick = {**QUICK.model_dump(), "enabled": True, "cpus": 1, "timeout_s": 600}
+    # Three 1-CPU trials on a 2-CPU Ray: when the first exports launch, trials hold every CPU.
+    raw = {**tiny_raw, "search": {"seed": [0, 1, 2]}, "export": quick, "debug": {"fail_export_seed": 1}}
+    outcome = run_experiment(validate_config(raw), quiet=True)
+    assert list(outcome.table["status"]) == ["TERMINATED"] * 3
+
+    exports = json.loads((outcome.path / "exports.json").read_text())
+    by_seed = {entry["seed"]: entry for entry in exports.values()}
+    assert {seed: e["status"] for seed, e in by_seed.items()} == {0: "ok", 1: "failed", 2: "ok"}
+    assert "injected" in by_seed[1]["reason"]
+
+    bench = pd.read_csv(outcome.path / "bench.csv")
+    assert bench.equals(outcome.bench)
+    assert set(bench["seed"]) == {0, 2} and set(bench["variant"]) == CPU_VARIANTS
+    assert (bench["precision"] == "amp_bf16").all()
+    # fp32 forms must agree; bf16 / int8 may miss the 1-point rule on a 100-image test set (1 image = 1 pp)
+    assert (bench.loc[bench["variant_precision"] == "fp32", "parity"] == "ok").all()
+    assert set(bench["parity"]) <= {"ok", "parity_failed"}
+    for _, row in outcome.table.iterrows():
+        has_export = (Path(row["path"]) / "export" / "bench.json").is_file()
+        assert has_export == (row["seed"] != 1)
+
+    # The standalone command on one of these trials; and a clear error on a path that is not one.
+    trial = outcome.table.loc[outcome.table["seed"] == 0, "path"].item()
+    cli = [sys.executable, "-m", "cifar_tune.orchestrator.cli", "bench"]
+    run = subprocess.run(cli + [trial, "--out", str(outcome.path / "standalone"), "--set", "batch_sizes=[2]",
+                                "--set", "min_runs=2", "--set", "min_duration_s=0", "--set", "end_to_end=false",
+                                "--set", "calibration_images=64"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "onnx_int8" in run.stdout and "batch    2: p50" in run.stdout
+    assert (outcome.path / "standalone" / "bench.json").is_file()
+    bad = subprocess.run(cli + [str(outcome.path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a trial directory" in bad.stderr
