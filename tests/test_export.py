@@ -193,3 +193,20 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw) -> None:
     assert (outcome.path / "standalone" / "bench.json").is_file()
     bad = subprocess.run(cli + [str(outcome.path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a trial directory" in bad.stderr
+
+
+def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw) -> None:
+    from cifar_tune import resume_experiment, run_experiment
+
+    quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
+    # epochs=2 finishes (and is exported); epochs=3 fails after epoch 2 and is finished by resume.
+    raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "export": quick, "debug": {"fail_at_epoch": 2}}
+    first = run_experiment(validate_config(raw), quiet=True)
+    assert sorted(first.table["status"]) == ["ERROR", "TERMINATED"]
+    assert set(first.bench["epochs"]) == {2}
+
+    resumed = resume_experiment(first.path, quiet=True)
+    assert list(resumed.table["status"]) == ["TERMINATED", "TERMINATED"]
+    assert set(resumed.bench["epochs"]) == {2, 3}
+    exports = json.loads((resumed.path / "exports.json").read_text())
+    assert sorted(e["status"] for e in exports.values()) == ["ok", "ok"]
