@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,13 +72,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_cluster(temp_dir: str) -> None:
+    """Kill this test's cluster only. `ray stop` would kill every Ray on the machine, a developer's
+    running experiment included; the cluster's own processes name its temp dir on their command
+    line, and its agents are their children. (gcs_server and raylet ignore SIGTERM: SIGKILL.)"""
+    def pgrep(*args: str) -> list[str]:
+        return subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()
+
+    owners = pgrep("-f", temp_dir)
+    children = [child for pid in owners for child in pgrep("-P", pid)]
+    if owners or children:
+        subprocess.run(["kill", "-9", *owners, *children], capture_output=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def test_run_joins_an_existing_cluster(tiny_raw, tmp_path: Path) -> None:
     port = _free_port()
-    started = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
+    # A short temp dir of its own (Ray's socket paths must stay under ~107 characters) marks its processes.
+    temp_dir = tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
+    started = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
                               "--include-dashboard=false", "--disable-usage-stats"],
                              capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr
     try:
+        assert started.returncode == 0, started.stderr
         path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
         result = _cli("run", str(path), "--address", f"127.0.0.1:{port}")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -88,4 +106,4 @@ def test_run_joins_an_existing_cluster(tiny_raw, tmp_path: Path) -> None:
                                 text=True, timeout=60, env={**os.environ, "RAY_AUTH_MODE": "token"})
         assert status.returncode == 0, status.stderr
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_cluster(temp_dir)

@@ -1,0 +1,158 @@
+"""Seeds aggregated into estimates with error bars, and every precision compared with fp32.
+
+All intervals are 95%. Means get Student-t intervals; differences in accuracy get Welch's t-test
+(unequal variances) and its interval; speedups are ratios of geometric means, with the interval
+from Welch's t on log times, exponentiated. Everything comes from scipy.stats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+AGGREGATED = ["best_val_acc", "test_acc", "training_time_s", "train_images_per_s"]
+
+
+def mean_ci(values: Any) -> dict[str, float]:
+    """n, mean, std and the Student-t 95% interval of the mean (NaN with fewer than 2 values)."""
+    x = pd.Series(values, dtype=float).dropna().to_numpy()
+    n = len(x)
+    out = {"n": n, "mean": float(np.mean(x)) if n else np.nan, "std": float(np.std(x, ddof=1)) if n > 1 else np.nan,
+           "ci_low": np.nan, "ci_high": np.nan}
+    if n > 1:
+        sem = stats.sem(x)
+        low, high = stats.t.interval(CONFIDENCE, n - 1, loc=out["mean"], scale=sem) if sem > 0 else (out["mean"],) * 2
+        out["ci_low"], out["ci_high"] = float(low), float(high)
+    return out
+
+
+def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGREGATED) -> pd.DataFrame:
+    """One row per group x metric over the complete trials: n, mean, std, ci_low, ci_high."""
+    done = trials[trials["complete"]] if "complete" in trials else trials
+    rows = []
+    for key, part in done.groupby(groups, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        for metric in metrics:
+            rows.append({**dict(zip(groups, key)), "metric": metric, **mean_ci(part[metric])})
+    return pd.DataFrame(rows)
+
+
+def welch(a: Any, b: Any) -> dict[str, float]:
+    """mean(a) - mean(b), its 95% interval and the two-sided p-value of Welch's t-test."""
+    a, b = pd.Series(a, dtype=float).dropna().to_numpy(), pd.Series(b, dtype=float).dropna().to_numpy()
+    out = {"n_a": len(a), "n_b": len(b), "diff": float(np.mean(a) - np.mean(b)) if len(a) and len(b) else np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
+    if len(a) > 1 and len(b) > 1:
+        test = stats.ttest_ind(a, b, equal_var=False)
+        ci = test.confidence_interval(CONFIDENCE)
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(test.pvalue))
+    return out
+
+
+def speedup(baseline_times: Any, times: Any) -> dict[str, float]:
+    """How many times faster `times` are than `baseline_times`: a ratio of geometric means, with
+    its 95% interval (Welch on log times, exponentiated)."""
+    base = np.log(pd.Series(baseline_times, dtype=float).dropna().to_numpy())
+    new = np.log(pd.Series(times, dtype=float).dropna().to_numpy())
+    result = welch(base, new)
+    return {"n_base": result["n_a"], "n": result["n_b"], "speedup": float(np.exp(result["diff"])),
+            "ci_low": float(np.exp(result["ci_low"])), "ci_high": float(np.exp(result["ci_high"]))}
+
+
+def compare_to_baseline(trials: pd.DataFrame, groups: list[str], baseline: str = "fp32") -> pd.DataFrame:
+    """Every precision (within each combination of the other searched keys) against `baseline`:
+    test-accuracy difference in points with CI and Welch p, training-time speedup with CI."""
+    done = trials[trials["complete"]] if "complete" in trials else trials
+    others = [g for g in groups if g != "precision"]
+    rows = []
+    for key, part in (done.groupby(others, dropna=False) if others else [((), done)]):
+        key = key if isinstance(key, tuple) else (key,)
+        base = part[part["precision"] == baseline]
+        for precision, arm in part.groupby("precision"):
+            if precision == baseline:
+                continue
+            acc = welch(arm["test_acc"] * 100, base["test_acc"] * 100)
+            fast = speedup(base["training_time_s"], arm["training_time_s"])
+            rows.append({**dict(zip(others, key)), "precision": precision, "baseline": baseline,
+                         "n": acc["n_a"], "n_baseline": acc["n_b"],
+                         "test_acc_diff_pp": acc["diff"], "diff_ci_low": acc["ci_low"], "diff_ci_high": acc["ci_high"],
+                         "p_value": acc["p_value"], "train_speedup": fast["speedup"],
+                         "speedup_ci_low": fast["ci_low"], "speedup_ci_high": fast["ci_high"]})
+    return pd.DataFrame(rows)
+
+
+def inference_speedups(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per trained precision, variant and batch size: speedup over the same trial's eager fp32
+    (p50 latency ratio), mean and 95% CI across trials."""
+    if bench.empty or "p50_ms" not in bench:
+        return pd.DataFrame()
+    timed = bench.dropna(subset=["p50_ms"])
+    eager = timed[timed["variant"] == "eager_fp32"].set_index(["trial_id", "batch_size"])["p50_ms"]
+    timed = timed.join(eager.rename("eager_p50_ms"), on=["trial_id", "batch_size"])
+    timed = timed.assign(speedup=timed["eager_p50_ms"] / timed["p50_ms"])
+    rows = []
+    for (precision, variant, batch), part in timed.groupby(["precision", "variant", "batch_size"]):
+        summary = mean_ci(part["speedup"])
+        rows.append({"precision": precision, "variant": variant, "batch_size": batch,
+                     "p50_ms": part["p50_ms"].mean(), "speedup": summary["mean"], "ci_low": summary["ci_low"],
+                     "ci_high": summary["ci_high"], "n": summary["n"],
+                     "parity_ok": bool((part["parity"] == "ok").all())})
+    return pd.DataFrame(rows)
+
+
+def _interval(low: float, high: float, fmt: str) -> str:
+    return f"95% CI {format(low, fmt)} to {format(high, fmt)}"
+
+
+def conclusion(row: dict[str, Any] | pd.Series, others: list[str] = ()) -> str:
+    """What one comparison row supports, in words. `others`: the other searched keys in the row."""
+    label = f"{row['precision']} vs {row['baseline']}"
+    if others:
+        label += " (" + ", ".join(f"{k}={row[k]}" for k in others) + ")"
+    n = f"n={row['n']}+{row['n_baseline']}"
+    if row["n"] < 2 or row["n_baseline"] < 2:
+        return (f"{label}: test accuracy {row['test_acc_diff_pp']:+.2f} pp, training {row['train_speedup']:.2f}x "
+                f"({n}): fewer than 2 seeds per arm, so no interval or test can be given")
+    acc_ci = _interval(row["diff_ci_low"], row["diff_ci_high"], "+.2f")
+    if row["diff_ci_low"] <= 0 <= row["diff_ci_high"]:
+        verdict = "no detectable difference"
+    else:
+        verdict = "significantly " + ("lower" if row["test_acc_diff_pp"] < 0 else "higher")
+    speed = row["train_speedup"]
+    slow_fast = f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
+    return (f"{label}: test accuracy {row['test_acc_diff_pp']:+.2f} pp ({acc_ci}, p={row['p_value']:.2g}, {n}): "
+            f"{verdict}; training {slow_fast} (speedup {speed:.2f}x, "
+            f"{_interval(row['speedup_ci_low'], row['speedup_ci_high'], '.2f')})")
+
+
+ORIGINAL_ROWS = [
+    ("Best Training Accuracy (epoch)", "best_train_acc", 100, ".2f"),
+    ("Best Validation Accuracy", "best_val_acc", 100, ".2f"),
+    ("Best Training Loss", "best_train_loss", 1, ".4f"),
+    ("Best Validation Loss", "best_val_loss", 1, ".4f"),
+    ("Training Time (s)", "training_time_s", 1, ".1f"),
+    ("Test Accuracy", "test_acc", 100, ".2f"),
+    ("Test Time (s)", "test_time_s", 1, ".3f"),
+]
+
+
+def original_study_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The original study's table from our data: one column per precision, each cell mean +- CI
+    half-width over seeds (accuracies in %)."""
+    done = trials[trials["complete"]] if "complete" in trials else trials
+    columns = {}
+    for precision, part in done.groupby("precision"):
+        cells = {}
+        for label, column, scale, fmt in ORIGINAL_ROWS:
+            summary = mean_ci(part[column] * scale)
+            half = (summary["ci_high"] - summary["ci_low"]) / 2
+            cell = format(summary["mean"], fmt) + ("" if np.isnan(half) else f" ± {format(half, fmt)}")
+            if column == "best_train_acc":
+                cell += f" ({part['best_train_acc_epoch'].mean():.1f})"
+            cells[label] = cell
+        columns[precision] = cells
+    return pd.DataFrame(columns)
