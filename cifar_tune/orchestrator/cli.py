@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cifar_tune.analysis.load import ExperimentNotFound
 from cifar_tune.bench import BenchPathError
 from cifar_tune.data import DataError
 from cifar_tune.orchestrator.config import ConfigError, describe_schema, load_config
@@ -49,7 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="output folder (default: <trial dir>/export)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override an export setting, e.g. --set batch_sizes=[1,64] --set threads=2")
+
+    analyze = sub.add_parser("analyze", help="turn an experiment into tables, statistics and plots",
+                             description="Aggregate seeds (mean, 95% CI), compare every precision with fp32 "
+                                         "(Welch t-test), and write report.md, PNG plots and CSV tables.")
+    analyze.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of a run")
+    analyze.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/analysis)")
     return parser
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from cifar_tune.analysis.report import analyze_experiment
+
+    analysis, written = analyze_experiment(args.experiment_dir, args.out)
+    for line in analysis.conclusions:
+        print(line)
+    for line in analysis.missing:
+        print(f"missing: {line}")
+    print(f"\nreport: {written['report.md']} ({len(written) - 1} more files beside it)")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -87,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_experiment(config)
         elif args.command == "bench":
             return _bench(args)
+        elif args.command == "analyze":
+            return _analyze(args)
         else:
             from cifar_tune.orchestrator.experiment import resume_experiment
 
             outcome = resume_experiment(args.experiment_dir, address=args.address)
-    except (ConfigError, DataError, BenchPathError) as exc:
+    except (ConfigError, DataError, BenchPathError, ExperimentNotFound) as exc:
         print(f"cifar-tune: error: {exc}", file=sys.stderr)
         return 2
     print(f"\nresults: {outcome.path / 'results.csv'}")

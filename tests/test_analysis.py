@@ -1,0 +1,85 @@
+"""`cifar-tune analyze` on real (tiny) experiments: report, plots, CSVs; partial experiments too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cifar_tune import run_experiment
+from cifar_tune.analysis.load import load_experiment
+from cifar_tune.orchestrator.config import validate_config
+
+CLI = [sys.executable, "-m", "cifar_tune.orchestrator.cli", "analyze"]
+QUICK_EXPORT = {"enabled": True, "batch_sizes": [1, 4], "warmup_runs": 1, "min_runs": 2, "min_duration_s": 0.0,
+                "calibration_images": 64, "end_to_end": False}
+
+
+def _png_ok(path: Path) -> None:
+    assert path.stat().st_size > 5_000, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 300
+
+
+@pytest.fixture(scope="module")
+def smoke(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = {
+        "name": "smoke", "storage_path": str(tmp_path_factory.mktemp("analysis")),
+        "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "eval_batch_size": 200},
+        "search": {"precision": ["fp32", "amp_bf16"], "seed": [0, 1]},
+        "resources": {"cpus_per_trial": 1}, "export": QUICK_EXPORT,
+    }
+    return run_experiment(validate_config(raw), quiet=True).path
+
+
+def test_loading_gives_tidy_tables(smoke: Path) -> None:
+    exp = load_experiment(smoke)
+    assert len(exp.trials) == 4 and exp.trials["complete"].all()
+    assert set(exp.trials["precision"]) == {"fp32", "amp_bf16"} and exp.group_columns == ["precision"]
+    assert len(exp.history) == 8 and {"epoch", "val_acc", "train_loss", "seed"} <= set(exp.history.columns)
+    assert not exp.bench.empty and {"variant", "p50_ms", "precision", "seed"} <= set(exp.bench.columns)
+
+
+def test_analyze_writes_report_plots_and_csvs(smoke: Path) -> None:
+    run = subprocess.run(CLI + [str(smoke)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "amp_bf16 vs fp32: test accuracy" in run.stdout
+    out = smoke / "analysis"
+    report = (out / "report.md").read_text()
+    for heading in ("## Conclusions", "## The original study's table", "## Against the fp32 baseline",
+                    "## Inference speedup over eager fp32"):
+        assert heading in report
+    assert "Best Training Accuracy (epoch)" in report and "n=2+2" in report
+    for name in ("test_acc.png", "training_time.png", "val_acc.png", "latency.png"):
+        _png_ok(out / name)
+        assert f"]({name})" in report
+    for name in ("trials.csv", "history.csv", "aggregate.csv", "comparison.csv", "original_study_table.csv",
+                 "inference_speedups.csv"):
+        assert len(pd.read_csv(out / name)) > 0, name
+    speedups = pd.read_csv(out / "inference_speedups.csv")
+    assert (speedups.loc[speedups["variant"] == "eager_fp32", "speedup"] == 1.0).all()
+
+
+def test_analyze_a_partial_experiment_says_what_is_missing(tiny_raw, tmp_path: Path) -> None:
+    raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "debug": {"fail_at_epoch": 2}}
+    path = run_experiment(validate_config(raw), quiet=True).path
+    out = tmp_path / "report"
+    run = subprocess.run(CLI + [str(path), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "is ERROR after 2 epoch(s)" in report and "fail_at_epoch" in report
+    assert "no export results" in report
+    assert "no finished fp32 trial" in report  # the tiny config trains amp_bf16 only
+    _png_ok(out / "val_acc.png")
+
+
+def test_analyze_rejects_a_non_experiment(tmp_path: Path) -> None:
+    run = subprocess.run(CLI + [str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "not a cifar-tune experiment directory" in run.stderr
