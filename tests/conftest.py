@@ -30,4 +30,5 @@ def tiny_raw(cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},
         "export": {"enabled": False},
+        "wandb": {"mode": "disabled"},
     }

@@ -34,7 +34,7 @@ def smoke(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
         "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "eval_batch_size": 200},
         "search": {"precision": ["fp32", "amp_bf16"], "seed": [0, 1]},
-        "resources": {"cpus_per_trial": 1}, "export": QUICK_EXPORT,
+        "resources": {"cpus_per_trial": 1}, "export": QUICK_EXPORT, "wandb": {"mode": "disabled"},
     }
     return run_experiment(validate_config(raw), quiet=True).path
 

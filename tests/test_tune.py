@@ -53,6 +53,7 @@ def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},
         "export": {"enabled": False},
+        "wandb": {"mode": "disabled"},
     }
     return raw, run_experiment(validate_config(raw), quiet=True)
 

@@ -185,8 +185,18 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     return written
 
 
-def analyze_experiment(path: str | Path, out: str | Path | None = None) -> tuple[Analysis, dict[str, Path]]:
-    """The Python API behind `cifar-tune analyze`."""
+def analyze_experiment(path: str | Path, out: str | Path | None = None,
+                       wandb_mode: str | None = None) -> tuple[Analysis, dict[str, Path]]:
+    """The Python API behind `cifar-tune analyze`: the local report, then (unless the mode is
+    disabled) the W&B analysis run. `wandb_mode` None: the experiment config's wandb.mode."""
+    from cifar_tune.analysis.wandb_report import publish
+    from cifar_tune.orchestrator.config import load_config
+
     experiment = load_experiment(path)
     analysis = analyze(experiment)
-    return analysis, write_report(analysis, Path(out) if out else experiment.path / ANALYSIS_DIR)
+    written = write_report(analysis, Path(out) if out else experiment.path / ANALYSIS_DIR)
+    settings = load_config(experiment.path / "cifar_tune_config.yaml").wandb
+    run_dir = publish(analysis, settings, wandb_mode or settings.mode, written)
+    if run_dir is not None:
+        written["wandb_run"] = run_dir
+    return analysis, written

@@ -56,18 +56,22 @@ def _parser() -> argparse.ArgumentParser:
                                          "(Welch t-test), and write report.md, PNG plots and CSV tables.")
     analyze.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of a run")
     analyze.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/analysis)")
+    analyze.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"],
+                         help="W&B for the analysis run (default: the experiment's wandb.mode)")
     return parser
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from cifar_tune.analysis.report import analyze_experiment
 
-    analysis, written = analyze_experiment(args.experiment_dir, args.out)
+    analysis, written = analyze_experiment(args.experiment_dir, args.out, args.wandb_mode)
     for line in analysis.conclusions:
         print(line)
     for line in analysis.missing:
         print(f"missing: {line}")
-    print(f"\nreport: {written['report.md']} ({len(written) - 1} more files beside it)")
+    print(f"\nreport: {written['report.md']}")
+    if "wandb_run" in written:
+        print(f"W&B analysis run: {written['wandb_run']}")
     return 0
 
 

@@ -166,6 +166,14 @@ class ExportConfig(Section):
         return sorted(set(value))
 
 
+class WandbConfig(Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online with credentials, else offline (sync later); online | offline | disabled.")
+    project: str = Field("cifar-tune", description="W&B project; runs are grouped by experiment name.")
+    entity: str | None = Field(None, description="W&B entity (team or user); null: your default.")
+    tags: list[str] = Field(default_factory=list, description="Extra tags on every run (precision and seed are added).")
+
+
 class DebugConfig(Section):
     fail_at_epoch: int | None = Field(
         None, gt=0, description="Testing aid: a trial raises once, right after checkpointing this epoch."
@@ -188,6 +196,7 @@ class ExperimentConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("name")

@@ -108,8 +108,11 @@ def _finish(config: ExperimentConfig, path: Path, grid: Any, quiet: bool) -> Exp
 
 
 def _callbacks(config: ExperimentConfig, extra: Sequence[Any]) -> list[Any]:
+    from cifar_tune.tracking import trial_callback
+
     hooks = [ExportCallback(config, search_columns(config))] if config.export.enabled else []
-    return hooks + list(extra)
+    wandb_hook = trial_callback(config, config.experiment_dir) if config.storage_is_local() else None
+    return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:

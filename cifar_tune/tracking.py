@@ -1,0 +1,74 @@
+"""Weights & Biases: which mode to run in, where its files go, and the per-trial logging callback.
+
+Per-trial runs are logged through Ray Tune's own `WandbLoggerCallback`: each trial gets a logging
+actor of its own, so a slow or unreachable W&B server delays that actor, never the training.
+Runs are grouped by experiment name, tagged `precision:<p>` and `seed:<s>`, carry the trial config,
+and their summary holds the last (final) metrics. Files go to `<experiment dir>/wandb` unless
+WANDB_DIR is set. No API key is ever passed as an argument or written anywhere by cifar-tune:
+W&B reads it from WANDB_API_KEY or ~/.netrc itself.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.air.integrations.wandb import WandbLoggerCallback
+
+WANDB_HOST = "api.wandb.ai"
+
+
+def has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(WANDB_HOST) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """'auto' -> 'online' with credentials, else 'offline'; other modes as given."""
+    if mode != "auto":
+        return mode
+    return "online" if has_credentials() else "offline"
+
+
+def wandb_dir(experiment_dir: Path) -> Path:
+    """Where W&B writes: $WANDB_DIR if set, else <experiment dir> (W&B adds its own wandb/ folder)."""
+    return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else Path(experiment_dir)
+
+
+def offline_note(folder: Path) -> str:
+    return (f"W&B: no credentials found, logging offline under {folder / 'wandb'}; "
+            f"upload later with `wandb sync {folder / 'wandb'}/offline-run-*`")
+
+
+class TaggedWandbLoggerCallback(WandbLoggerCallback):
+    """Ray's W&B callback, plus tags from each trial's precision and seed."""
+
+    def __init__(self, *args: Any, extra_tags: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_tags = list(extra_tags or [])
+
+    def _start_logging_actor(self, trial: Any, exclude_results: list[str], **init_kwargs: Any) -> None:
+        train = trial.config.get("train", {})
+        tags = [f"precision:{train.get('precision')}", f"seed:{train.get('seed')}", *self.extra_tags]
+        super()._start_logging_actor(trial, exclude_results, **{**init_kwargs, "tags": tags})
+
+
+def trial_callback(config: Any, experiment_dir: Path) -> TaggedWandbLoggerCallback | None:
+    """The per-trial W&B callback for an experiment, or None when W&B is disabled."""
+    mode = resolve_mode(config.wandb.mode)
+    if mode == "disabled":
+        return None
+    folder = wandb_dir(experiment_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if mode == "offline" and config.wandb.mode == "auto":
+        print(offline_note(folder))
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = mode  # also tells Ray's callback not to look for an API key
+    return TaggedWandbLoggerCallback(project=config.wandb.project, group=config.name, entity=config.wandb.entity,
+                                     mode=mode, dir=str(folder), job_type="train", extra_tags=config.wandb.tags)
