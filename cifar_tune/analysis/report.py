@@ -196,7 +196,12 @@ def analyze_experiment(path: str | Path, out: str | Path | None = None,
     analysis = analyze(experiment)
     written = write_report(analysis, Path(out) if out else experiment.path / ANALYSIS_DIR)
     settings = load_config(experiment.path / "cifar_tune_config.yaml").wandb
-    run_dir = publish(analysis, settings, wandb_mode or settings.mode, written)
+    try:
+        run_dir = publish(analysis, settings, wandb_mode or settings.mode, written)
+    except Exception as exc:  # W&B down or misconfigured: the local report above is already written
+        analysis.missing.append(f"W&B analysis run not published ({type(exc).__name__}: {exc})")
+        print(f"W&B: could not publish the analysis run ({type(exc).__name__}: {exc}); the local report is complete")
+        run_dir = None
     if run_dir is not None:
         written["wandb_run"] = run_dir
     return analysis, written

@@ -107,10 +107,10 @@ def _finish(config: ExperimentConfig, path: Path, grid: Any, quiet: bool) -> Exp
     return ExperimentOutcome(path, table, grid, bench)
 
 
-def _callbacks(config: ExperimentConfig, extra: Sequence[Any]) -> list[Any]:
+def _callbacks(config: ExperimentConfig, data: CifarData, extra: Sequence[Any]) -> list[Any]:
     from cifar_tune.tracking import trial_callback
 
-    hooks = [ExportCallback(config, search_columns(config))] if config.export.enabled else []
+    hooks = [ExportCallback(config, search_columns(config), data)] if config.export.enabled else []
     wandb_hook = trial_callback(config, config.experiment_dir) if config.storage_is_local() else None
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
@@ -125,7 +125,7 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
         if config.storage_is_local():
             config.experiment_dir.mkdir(parents=True, exist_ok=True)
             dump_config(config, config.experiment_dir / CONFIG_FILE)
-        grid = make_tuner(config, data, _callbacks(config, callbacks)).fit()
+        grid = make_tuner(config, data, _callbacks(config, data, callbacks)).fit()
     return _finish(config, Path(grid.experiment_path), grid, quiet)
 
 

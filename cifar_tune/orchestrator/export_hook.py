@@ -53,23 +53,24 @@ class ExportCallback(tune.Callback):
     bench.csv and exports.json into the experiment directory (merged with those of earlier runs of
     the same experiment, so a resumed experiment keeps the exports it already had)."""
 
-    def __init__(self, config: ExperimentConfig, search_columns: list[str]) -> None:
+    def __init__(self, config: ExperimentConfig, search_columns: list[str], data: Any = None) -> None:
         self.config = config
         self.search_columns = search_columns
+        self._loaded = data  # the experiment's CifarData when the caller has it; else read on first need
         self._data_ref: Any = None
         self.pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # trial id -> (ObjectRef, row keys)
         self.outcomes: dict[str, dict[str, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment; object refs die with the Ray session.
-        return {**self.__dict__, "_data_ref": None, "pending": {}, "outcomes": {}}
+        return {**self.__dict__, "_loaded": None, "_data_ref": None, "pending": {}, "outcomes": {}}
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
         if self._data_ref is None:
             from cifar_tune.data import load_data
 
-            data = load_data(self.config.data)
+            data = self._loaded or load_data(self.config.data)
             self._data_ref = ray.put((data.test_x, data.test_y, data.train_x[: self.config.export.calibration_images]))
         return self._data_ref
 
