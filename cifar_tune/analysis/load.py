@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from cifar_tune.analysis.results import search_value
+from cifar_tune.analysis.results import read_table, search_value
 
 CONFIG_FILE = "cifar_tune_config.yaml"
 FINAL_METRICS = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "test_time_s", "training_time_s"]
@@ -111,5 +111,5 @@ def load_experiment(path: str | Path) -> Experiment:
             "error": error, "path": str(trial_dir),
         })
     bench_path = path / "bench.csv"
-    bench = pd.read_csv(bench_path) if bench_path.is_file() and bench_path.stat().st_size > 1 else pd.DataFrame()
+    bench = read_table(bench_path)
     return Experiment(path, search_columns, pd.DataFrame(trial_rows), pd.DataFrame(history_rows), bench)

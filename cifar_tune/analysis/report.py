@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cifar_tune.analysis.load import Experiment, load_experiment  # noqa: E402
-from cifar_tune.analysis.stats import (aggregate, compare_to_baseline, conclusion, inference_speedups,  # noqa: E402
-                                       mean_ci, original_study_table)
+from cifar_tune.analysis.stats import (aggregate, compare_to_baseline, complete_trials, conclusion,  # noqa: E402
+                                       inference_speedups, mean_ci, original_study_table)
 
 ANALYSIS_DIR = "analysis"
 
@@ -43,8 +43,8 @@ def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
     missing = []
     if trials.empty:
         missing.append("the experiment has no trials yet")
-    done = trials[trials["complete"]] if not trials.empty else trials
-    not_done = trials[~trials["complete"]] if not trials.empty else trials
+    done = complete_trials(trials)
+    not_done = trials.drop(done.index)
     for _, row in not_done.iterrows():
         why = f": {row['error']}" if row["error"] else ""
         missing.append(f"trial {row['trial_id']} ({row['precision']}, seed {row['seed']}) is {row['status']} after "
@@ -136,7 +136,7 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     """report.md, the plots and a CSV per table in `out`; returns {name: path} of what it wrote."""
     out.mkdir(parents=True, exist_ok=True)
     exp = analysis.experiment
-    done = exp.trials[exp.trials["complete"]] if not exp.trials.empty else exp.trials
+    done = complete_trials(exp.trials)
     written: dict[str, Path] = {}
     tables = {"trials": exp.trials, "history": exp.history, "aggregate": analysis.aggregate,
               "comparison": analysis.comparison, "original_study_table": analysis.original,

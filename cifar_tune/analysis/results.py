@@ -68,6 +68,12 @@ def format_table(table: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV table that may not exist yet (or holds only an empty header): empty DataFrame then."""
+    path = Path(path)
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
+
+
 def write_results(table: pd.DataFrame, experiment_dir: str | Path) -> Path:
     path = Path(experiment_dir) / RESULTS_FILE
     table.to_csv(path, index=False)

@@ -17,6 +17,11 @@ CONFIDENCE = 0.95
 AGGREGATED = ["best_val_acc", "test_acc", "training_time_s", "train_images_per_s"]
 
 
+def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials statistics may use: finished, with test metrics."""
+    return trials[trials["complete"]] if "complete" in trials else trials
+
+
 def mean_ci(values: Any) -> dict[str, float]:
     """n, mean, std and the Student-t 95% interval of the mean (NaN with fewer than 2 values)."""
     x = pd.Series(values, dtype=float).dropna().to_numpy()
@@ -32,7 +37,7 @@ def mean_ci(values: Any) -> dict[str, float]:
 
 def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGREGATED) -> pd.DataFrame:
     """One row per group x metric over the complete trials: n, mean, std, ci_low, ci_high."""
-    done = trials[trials["complete"]] if "complete" in trials else trials
+    done = complete_trials(trials)
     rows = []
     for key, part in done.groupby(groups, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -66,7 +71,7 @@ def speedup(baseline_times: Any, times: Any) -> dict[str, float]:
 def compare_to_baseline(trials: pd.DataFrame, groups: list[str], baseline: str = "fp32") -> pd.DataFrame:
     """Every precision (within each combination of the other searched keys) against `baseline`:
     test-accuracy difference in points with CI and Welch p, training-time speedup with CI."""
-    done = trials[trials["complete"]] if "complete" in trials else trials
+    done = complete_trials(trials)
     others = [g for g in groups if g != "precision"]
     rows = []
     for key, part in (done.groupby(others, dropna=False) if others else [((), done)]):
@@ -143,7 +148,7 @@ ORIGINAL_ROWS = [
 def original_study_table(trials: pd.DataFrame) -> pd.DataFrame:
     """The original study's table from our data: one column per precision, each cell mean +- CI
     half-width over seeds (accuracies in %)."""
-    done = trials[trials["complete"]] if "complete" in trials else trials
+    done = complete_trials(trials)
     columns = {}
     for precision, part in done.groupby("precision"):
         cells = {}

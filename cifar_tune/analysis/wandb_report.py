@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from cifar_tune.analysis.report import Analysis
+from cifar_tune.analysis.stats import complete_trials
 from cifar_tune.tracking import offline_note, resolve_mode, wandb_dir
 
 
@@ -33,7 +34,7 @@ def headline(analysis: Analysis) -> dict[str, float]:
     """The numbers a reader wants first, flat, for the run summary."""
     out: dict[str, float] = {}
     trials = analysis.experiment.trials
-    done = trials[trials["complete"]] if not trials.empty else trials
+    done = complete_trials(trials)
     for precision, part in done.groupby("precision"):
         out[f"{precision}/test_acc_mean"] = float(part["test_acc"].mean())
         out[f"{precision}/training_time_s_mean"] = float(part["training_time_s"].mean())
@@ -69,7 +70,7 @@ def publish(analysis: Analysis, settings: Any, mode: str, images: dict[str, Path
             if not frame.empty:
                 logged[f"tables/{name}"] = _table(frame)
 
-        done = exp.trials[exp.trials["complete"]] if not exp.trials.empty else exp.trials
+        done = complete_trials(exp.trials)
         if not done.empty:
             points = wandb.Table(dataframe=done[["precision", "seed", "test_acc", "training_time_s"]].astype(
                 {"precision": str}))

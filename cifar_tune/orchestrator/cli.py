@@ -15,6 +15,10 @@ from cifar_tune.data import DataError
 from cifar_tune.orchestrator.config import ConfigError, describe_schema, load_config
 
 
+def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifar-tune",
@@ -27,9 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                          epilog="Config keys:\n" + describe_schema(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. configs/smoke.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key by dotted path; VALUE is YAML "
-                          "(--set train.epochs=5 --set search.precision=[fp32,amp_bf16]); repeatable")
+    _add_set_option(run, "override a config key by dotted path; VALUE is YAML "
+                         "(--set train.epochs=5 --set search.precision=[fp32,amp_bf16]); repeatable")
     run.add_argument("--address", help='join this Ray cluster ("auto", "host:port", "ray://host:port"); '
                                        "overrides ray.address")
     run.add_argument("--dry-run", action="store_true",
@@ -48,8 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("path", metavar="PATH", help="a trial directory or a checkpoint directory")
     bench.add_argument("--data-root", help="CIFAR-10 folder (default: the experiment's data.root)")
     bench.add_argument("--out", help="output folder (default: <trial dir>/export)")
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override an export setting, e.g. --set batch_sizes=[1,64] --set threads=2")
+    _add_set_option(bench, "override an export setting, e.g. --set batch_sizes=[1,64] --set threads=2")
 
     analyze = sub.add_parser("analyze", help="turn an experiment into tables, statistics and plots",
                              description="Aggregate seeds (mean, 95% CI), compare every precision with fp32 "

@@ -20,7 +20,7 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from cifar_tune.analysis.results import format_table, results_table, write_results
+from cifar_tune.analysis.results import format_table, read_table, results_table, write_results
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig, dump_config, load_config
@@ -95,7 +95,7 @@ def _finish(config: ExperimentConfig, path: Path, grid: Any, quiet: bool) -> Exp
     if config.storage_is_local():
         write_results(table, path)
     bench_path = path / BENCH_CSV
-    bench = pd.read_csv(bench_path) if bench_path.is_file() and bench_path.stat().st_size > 1 else pd.DataFrame()
+    bench = read_table(bench_path)
     if not quiet:
         print(f"\nResults of {config.name} ({path}):")
         print(format_table(table))

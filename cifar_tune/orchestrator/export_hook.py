@@ -19,7 +19,7 @@ import ray
 import torch
 from ray import tune
 
-from cifar_tune.analysis.results import search_value
+from cifar_tune.analysis.results import read_table, search_value
 from cifar_tune.orchestrator.config import ExperimentConfig, ExportConfig
 
 BENCH_CSV = "bench.csv"
@@ -113,7 +113,7 @@ class ExportCallback(tune.Callback):
         """bench.csv and exports.json; rows of trials exported by an earlier run are kept."""
         summary_path, bench_path = experiment_dir / EXPORTS_JSON, experiment_dir / BENCH_CSV
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        earlier = pd.read_csv(bench_path) if bench_path.exists() and bench_path.stat().st_size > 1 else pd.DataFrame()
+        earlier = read_table(bench_path)
         if not earlier.empty:
             earlier = earlier[~earlier["trial_id"].isin(list(self.outcomes))]
         rows = []
