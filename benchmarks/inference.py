@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line  # noqa: E402
-
 from cifar_tune.bench import latency, locate_checkpoint, logits_of, parity  # noqa: E402
+from cifar_tune.config import ExportConfig  # noqa: E402
 from cifar_tune.data import load_cifar10, normalize  # noqa: E402
 from cifar_tune.export import build_variants, load_best_model  # noqa: E402
-from cifar_tune.orchestrator.config import ExportConfig  # noqa: E402
+
+from common import machine_line  # noqa: E402
 
 
 def main() -> None:
@@ -48,8 +48,8 @@ def main() -> None:
 
     checkpoint, _ = locate_checkpoint(args.path)
     model, meta = load_best_model(checkpoint)
-    train_x, _, test_x, test_y, _, _ = load_cifar10(args.data)
-    test_x, test_y = test_x[: args.test_images], test_y[: args.test_images]
+    files = load_cifar10(args.data)
+    train_x, test_x, test_y = files.train_x, files.test_x[: args.test_images], files.test_y[: args.test_images]
     images = normalize(test_x)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as out:

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line, matmul_gflops  # noqa: E402
-
+from cifar_tune.config import ModelConfig, TrainConfig  # noqa: E402
 from cifar_tune.data import MEAN, STD, CifarData, TorchvisionCIFAR10, batches_dir, load_cifar10  # noqa: E402
-from cifar_tune.models import FORWARD_FLOPS_PER_IMAGE, AlexNet  # noqa: E402
-from cifar_tune.orchestrator.config import ModelConfig, TrainConfig  # noqa: E402
+from cifar_tune.models import AlexNet, forward_flops_per_image  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
+
+from common import machine_line, matmul_gflops  # noqa: E402
 
 
 class Reference:
@@ -98,8 +98,9 @@ def main() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_x, train_y, test_x, test_y, classes, ok = load_cifar10(args.data)
-    data = CifarData(train_x, train_y, train_x[:0], train_y[:0], test_x, test_y, classes, ok)
+        files = load_cifar10(args.data)
+    data = CifarData(files.train_x, files.train_y, files.train_x[:0], files.train_y[:0], files.test_x, files.test_y,
+                     files.classes, files.checksums_ok)
     root = batches_dir(args.data).parent
     variants = [Reference(root, args.batch_size, args.workers),
                 Ours(data, "fp32", False, args.batch_size, args.steps),
@@ -118,6 +119,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{s[-1]:.0f}" for s in speeds.values()), flush=True)
 
     ref = statistics.median(speeds[variants[0].name])
+    flops_per_image = forward_flops_per_image()  # training ~ 3x forward (forward, two backward GEMMs)
     print(f"\n{machine_line()}")
     print(f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, interleaved; "
           f"reference DataLoader workers: {args.workers}\n")
@@ -125,7 +127,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, values in speeds.items():
         med = statistics.median(values)
-        gflops = med * 3 * FORWARD_FLOPS_PER_IMAGE / 1e9
+        gflops = med * 3 * flops_per_image / 1e9
         print(f"| {name} | {med:.0f} ({min(values):.0f}-{max(values):.0f}) | {med / ref:.2f}x | {gflops:.0f} |")
     print(f"\n2048x2048 matmul in the same rounds: fp32 {statistics.median(matmul['fp32']):.0f} GFLOP/s, "
           f"bf16 {statistics.median(matmul['bf16']):.0f} GFLOP/s (medians)")

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_line  # noqa: E402
-
+from cifar_tune.config import validate_config  # noqa: E402
 from cifar_tune.data import load_data  # noqa: E402
-from cifar_tune.orchestrator.config import validate_config  # noqa: E402
 from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
+
+from common import machine_line  # noqa: E402
 
 
 def bare_run(config) -> float:

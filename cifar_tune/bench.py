@@ -23,12 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_tune.data import normalize
+from cifar_tune.config import DataConfig, ExportConfig, load_saved_config
+from cifar_tune.data import MEAN, STD, TorchvisionCIFAR10, batches_dir, load_data, normalize
+from cifar_tune.errors import CifarTuneError, short_error
 from cifar_tune.export import Variant, build_variants, load_best_model
-
-EXPORT_DIR = "export"
-PARITY_FILE = "parity.json"
-BENCH_FILE = "bench.json"
+from cifar_tune.names import (
+    BENCH_FILE,
+    BEST_FILE,
+    CHECKPOINT_GLOB,
+    CONFIG_FILE,
+    EXPORT_DIR,
+    PARITY_FILE,
+    TRIAL_PARAMS_FILE,
+)
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
@@ -63,7 +70,7 @@ def logits_of(variant: Variant, images: torch.Tensor, batch: int = 500) -> torch
 
 
 def parity(variant: Variant, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor,
-           settings: Any) -> dict[str, Any]:
+           settings: ExportConfig) -> dict[str, Any]:
     """Compare one variant with the eager fp32 logits `reference` on normalized test images."""
     logits = logits_of(variant, images)
     diff = (logits - reference).abs()
@@ -89,7 +96,7 @@ def parity(variant: Variant, images: torch.Tensor, labels: torch.Tensor, referen
 # --------------------------------------------------------------------------- latency
 
 
-def latency(variant: Variant, batch_size: int, settings: Any) -> dict[str, Any]:
+def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[str, Any]:
     x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
     for _ in range(settings.warmup_runs):
         variant.run(x)
@@ -112,8 +119,6 @@ def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int =
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from cifar_tune.data import MEAN, STD, TorchvisionCIFAR10, batches_dir
-
     if data_root is None or not batches_dir(data_root).exists():
         return []
     dataset = TorchvisionCIFAR10(str(batches_dir(data_root).parent), train=False, download=False,
@@ -135,7 +140,7 @@ def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int =
 
 
 def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: torch.Tensor, test_y: torch.Tensor,
-                     calibration_x: torch.Tensor, settings: Any, device: torch.device | None = None,
+                     calibration_x: torch.Tensor, settings: ExportConfig, device: torch.device | None = None,
                      threads: int | None = None, data_root: str | None = None) -> dict[str, Any]:
     """Export, check and time one checkpoint's best weights; write parity.json and bench.json into
     out_dir and return {"parity": [...], "bench": [...], "end_to_end": [...], "failed": {...}}."""
@@ -163,7 +168,7 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
             try:
                 row.update(latency(variant, batch_size, settings))
             except Exception as exc:  # e.g. out of memory at the largest batch
-                row.update({"batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                row.update({"batch_size": batch_size, "error": short_error(exc)})
             bench_rows.append(row)
     e2e = end_to_end(variants, data_root) if settings.end_to_end else []
 
@@ -177,42 +182,36 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
 # --------------------------------------------------------------------------- a path from the CLI
 
 
-class BenchPathError(ValueError):
+class BenchPathError(CifarTuneError):
     """The path given to `cifar-tune bench` is not a trial or checkpoint directory."""
-
-    exit_code = 2
 
 
 def locate_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint dir holding best_model.pt, its trial dir or None) for a trial or checkpoint dir."""
     path = Path(path).expanduser().resolve()
-    if (path / "best_model.pt").is_file():
-        trial = path.parent if (path.parent / "params.json").is_file() else None
+    if (path / BEST_FILE).is_file():
+        trial = path.parent if (path.parent / TRIAL_PARAMS_FILE).is_file() else None
         return path, trial
-    checkpoints = sorted(path.glob("checkpoint_*"), key=lambda p: p.name)
-    checkpoints = [c for c in checkpoints if (c / "best_model.pt").is_file()]
-    if (path / "params.json").is_file() and checkpoints:
+    checkpoints = sorted(path.glob(CHECKPOINT_GLOB), key=lambda p: p.name)
+    checkpoints = [c for c in checkpoints if (c / BEST_FILE).is_file()]
+    if (path / TRIAL_PARAMS_FILE).is_file() and checkpoints:
         return checkpoints[-1], path  # every checkpoint carries the best-so-far weights; the last has the best
     raise BenchPathError(
         f"{path}: not a trial directory (params.json and checkpoint_*/best_model.pt) or a checkpoint "
         "directory (best_model.pt); give e.g. results/<name>/train_cifar_<id>/")
 
 
-def bench_path(path: str | Path, data_config: Any = None, settings: Any = None,
+def bench_path(path: str | Path, data_config: DataConfig | None = None, settings: ExportConfig | None = None,
                out_dir: str | Path | None = None) -> dict[str, Any]:
     """`cifar-tune bench PATH`: export, check and time one trial's best weights, standalone.
 
     The test set comes from `data_config`, or from the experiment's saved config beside the trial."""
-    from cifar_tune.data import load_data
-    from cifar_tune.orchestrator.config import ExportConfig, load_config
-
     checkpoint, trial = locate_checkpoint(path)
     if data_config is None:
-        saved = trial.parent / "cifar_tune_config.yaml" if trial else None
+        saved = trial.parent / CONFIG_FILE if trial else None
         if saved is None or not saved.is_file():
-            raise BenchPathError(f"{path}: no cifar_tune_config.yaml beside the trial to find the data; "
-                                 "pass --data-root")
-        data_config = load_config(saved).data
+            raise BenchPathError(f"{path}: no {CONFIG_FILE} beside the trial to find the data; pass --data-root")
+        data_config = load_saved_config(saved).data
     settings = settings or ExportConfig()
     data = load_data(data_config)
     out = Path(out_dir) if out_dir else (trial or checkpoint) / EXPORT_DIR

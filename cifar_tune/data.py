@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
+from cifar_tune.config import DataConfig
+from cifar_tune.errors import CifarTuneError
+
 BASE_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
 TEST_FILES = [name for name, _ in CIFAR10.test_list]
@@ -32,14 +35,24 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataError(RuntimeError):
+class DataError(CifarTuneError):
     """CIFAR-10 is missing, truncated or unreadable; the message says which file and what to do."""
-
-    exit_code = 2
 
 
 class ChecksumWarning(UserWarning):
     """The files load but are not byte-identical to the official release."""
+
+
+@dataclass
+class CifarFiles:
+    """The official files as read: 50,000 training and 10,000 test images, uint8 NCHW."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    checksums_ok: bool  # byte-identical to the official release
 
 
 @dataclass
@@ -110,12 +123,8 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
-def load_cifar10(root: str | Path, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                    torch.Tensor, list[str], bool]:
-    """Read all six batches. Warns once if the bytes differ from the official release.
-
-    Returns train_x, train_y, test_x, test_y, class names, and whether the checksums matched.
-    """
+def load_cifar10(root: str | Path, download: bool = False) -> CifarFiles:
+    """Read all six batches. Warns once if the bytes differ from the official release."""
     folder = ensure_downloaded(root, download)
     if not folder.exists():
         raise DataError(f"CIFAR-10 not found: {folder} does not exist (set data.root to the folder "
@@ -142,7 +151,7 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[torch.Tensor
         raise DataError(f"CIFAR-10 file unreadable: {folder / META_FILE}: {type(exc).__name__}: {exc}") from None
     train_x = torch.cat([x for x, _ in train])
     train_y = torch.cat([y for _, y in train])
-    return train_x, train_y, test_x, test_y, classes, not mismatched
+    return CifarFiles(train_x, train_y, test_x, test_y, classes, checksums_ok=not mismatched)
 
 
 def split_train_val(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,14 +162,14 @@ def split_train_val(n: int, val_size: int, split_seed: int) -> tuple[torch.Tenso
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-def load_data(config) -> CifarData:  # config: DataConfig (kept untyped to avoid an import cycle)
+def load_data(config: DataConfig) -> CifarData:
     """Everything a trial needs, from a `data:` config section."""
-    train_x, train_y, test_x, test_y, classes, ok = load_cifar10(config.root, config.download)
-    train_idx, val_idx = split_train_val(len(train_y), config.val_size, config.split_seed)
+    files = load_cifar10(config.root, config.download)
+    train_idx, val_idx = split_train_val(len(files.train_y), config.val_size, config.split_seed)
     train_idx = train_idx[: config.train_subset]
-    test_x, test_y = test_x[: config.test_subset], test_y[: config.test_subset]
-    return CifarData(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
-                     test_x, test_y, classes, ok)
+    return CifarData(files.train_x[train_idx], files.train_y[train_idx], files.train_x[val_idx],
+                     files.train_y[val_idx], files.test_x[: config.test_subset], files.test_y[: config.test_subset],
+                     files.classes, files.checksums_ok)
 
 
 class TorchvisionCIFAR10(CIFAR10):

@@ -29,14 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_tune.models import AlexNet
-from cifar_tune.orchestrator.config import ModelConfig
+from cifar_tune.config import ModelConfig
+from cifar_tune.errors import short_error
+from cifar_tune.models import AlexNet, build_model
+from cifar_tune.names import BEST_FILE, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, REFERENCE_VARIANT, TORCHSCRIPT_FILE
 from cifar_tune.precision import device_problem
-
-TORCHSCRIPT_FILE = "model.pt"
-ONNX_FILE = "model.onnx"
-ONNX_FP16_FILE = "model.fp16.onnx"
-ONNX_INT8_FILE = "model.int8.onnx"
 
 
 class ExportError(RuntimeError):
@@ -45,12 +42,11 @@ class ExportError(RuntimeError):
 
 def load_best_model(checkpoint_dir: str | Path) -> tuple[AlexNet, dict[str, Any]]:
     """The best-validation weights of a checkpoint folder, as an fp32 eval-mode model on the CPU."""
-    path = Path(checkpoint_dir) / "best_model.pt"
+    path = Path(checkpoint_dir) / BEST_FILE
     if not path.is_file():
-        raise ExportError(f"{checkpoint_dir}: no best_model.pt (not a cifar-tune checkpoint)")
+        raise ExportError(f"{checkpoint_dir}: no {BEST_FILE} (not a cifar-tune checkpoint)")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = AlexNet(**{"dropout": ModelConfig(**saved["model_config"]).dropout,
-                       "batch_norm": saved["model_config"]["batch_norm"]})
+    model = build_model(ModelConfig.model_validate(saved["model_config"]))
     model.load_state_dict(saved["state_dict"])
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
 
@@ -237,14 +233,14 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     """Write the export files into out_dir and return every variant that could be built on `device`,
     plus {variant name: reason} for those that could not (an export exception is recorded, not raised)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    variants: list[Variant] = [EagerVariant("eager_fp32", copy.deepcopy(model), device)]
+    variants: list[Variant] = [EagerVariant(REFERENCE_VARIANT, copy.deepcopy(model), device)]
     failed: dict[str, str] = {}
 
     def attempt(name: str, build) -> None:
         try:
             variants.append(build())
         except Exception as exc:  # one broken variant must not stop the others
-            failed[name] = f"{type(exc).__name__}: {exc}".strip()[:500]
+            failed[name] = short_error(exc)
 
     attempt("eager_channels_last",
             lambda: EagerVariant("eager_channels_last", copy.deepcopy(model), device, channels_last=True))
@@ -256,7 +252,7 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     try:
         onnx_path = save_onnx(model, out_dir / ONNX_FILE)
     except Exception as exc:
-        failed["onnx_fp32"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+        failed["onnx_fp32"] = short_error(exc)
         return variants, failed
     attempt("onnx_fp32", lambda: OrtVariant("onnx_fp32", "fp32", onnx_path, device, threads, tensorrt))
     on_gpu = any(v.name == "onnx_fp32" and v.device.type == "cuda" for v in variants)

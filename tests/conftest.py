@@ -1,15 +1,28 @@
-"""Shared fixtures: small learnable CIFAR-format data written by the tests, and a tiny config."""
+"""Shared fixtures: small learnable CIFAR-format data written by the tests, a tiny config, one Ray
+for the whole session, torch's global flags restored after every test, and a training precision
+that runs well on whatever CPU the suite finds itself on."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cifar_tune.precision import device_problem  # noqa: E402
+
 from cifar_files import write_cifar  # noqa: E402
+
+# CPUs differ: with AVX512-BF16 or AMX, bf16 autocast is native (2x fp32); with only AVX2 it is
+# emulated (20x slower). Tests that train one precision use the fast one of this machine; tests
+# that compare precisions run amp_bf16 either way, allowing it explicitly where it is emulated.
+NATIVE_BF16 = device_problem("amp_bf16", "cpu") is None
+TEST_PRECISION = "amp_bf16" if NATIVE_BF16 else "fp32"
+ALLOW_EMULATED_BF16 = {"allow_slow_precision": not NATIVE_BF16}
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +40,39 @@ def tiny_raw(cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
         "name": "tiny",
         "storage_path": str(tmp_path / "results"),
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": TEST_PRECISION, "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},
         "export": {"enabled": False},
         "wandb": {"mode": "disabled"},
     }
+
+
+@pytest.fixture(scope="session")
+def ray_for_tests() -> Iterator[None]:
+    """One embedded Ray for every in-process experiment of the session (starting one costs
+    seconds); `ray_session` uses a Ray that is already up and leaves it running."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_flags() -> Iterator[None]:
+    """A Trainer sets process-global torch flags (TF32, cuDNN, determinism); put them back even
+    when the test fails, so no test depends on the order they run in."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.deterministic) = saved[:4]
+    torch.set_float32_matmul_precision(saved[4])
+    torch.use_deterministic_algorithms(saved[5])
+    torch.set_num_threads(saved[6])

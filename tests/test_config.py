@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cifar_tune.orchestrator.config import ConfigError, apply_overrides, load_config, validate_config
-from cifar_tune.orchestrator.search import expand_trials, param_space
+from cifar_tune.config import ConfigError, apply_overrides, load_config, validate_config
+from cifar_tune.orchestrator.search import param_space
+from cifar_tune.plan import SearchPlan
 
 
 def _with(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
@@ -90,10 +91,13 @@ def test_search_expands_grids_and_places_values(tiny_raw) -> None:
     config = validate_config(_with(tiny_raw, search={"precision": ["fp32", "amp_bf16"], "seed": [0, 1, 2],
                                                       "model.dropout": [0.3]},
                                    tune={"num_samples": 2}))
-    trials = expand_trials(config)
+    plan = SearchPlan.of(config)
+    trials = plan.trials
     assert len(trials) == 2 * 2 * 3
     assert trials[0] == {"precision": "fp32", "seed": 0, "dropout": 0.3}
-    space = param_space(config)
+    assert plan.columns == ["precision", "seed", "dropout"]
+    assert plan.values("precision") == ["fp32", "amp_bf16"] and plan.values("lr") == [0.02]
+    space = param_space(config, plan)
     assert space["train"]["precision"] == {"grid_search": ["fp32", "amp_bf16"]}
     assert space["model"]["dropout"] == {"grid_search": [0.3]}
     assert "search" not in space and space["train"]["lr"] == 0.02
@@ -103,6 +107,13 @@ def test_distribution_becomes_a_tune_domain(tiny_raw) -> None:
     from ray.tune.search.sample import Float
 
     config = validate_config(_with(tiny_raw, search={"lr": {"loguniform": [1e-3, 1e-1]}}))
-    domain = param_space(config)["train"]["lr"]
+    plan = SearchPlan.of(config)
+    domain = param_space(config, plan)["train"]["lr"]
     assert isinstance(domain, Float) and domain.lower == 1e-3 and domain.upper == 1e-1
-    assert expand_trials(config) == [{"lr": "loguniform(0.001, 0.1)"}]
+    assert plan.trials == ({"lr": "loguniform(0.001, 0.1)"},)
+
+
+def test_scheduler_horizon_is_the_longest_trial(tiny_raw) -> None:
+    assert SearchPlan.of(validate_config(_with(tiny_raw, search={"epochs": [3, 8]}))).max_epochs == 8
+    assert SearchPlan.of(validate_config(_with(tiny_raw, search={"epochs": {"randint": [2, 12]}}))).max_epochs == 12
+    assert SearchPlan.of(validate_config(tiny_raw)).max_epochs == tiny_raw["train"]["epochs"]

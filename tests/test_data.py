@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_files import md5s, write_cifar
 from cifar_tune import data as data_mod
-from cifar_tune.data import (ChecksumWarning, DataError, augment, load_cifar10, load_data, normalize,
-                             split_train_val)
-from cifar_tune.orchestrator.config import DataConfig
+from cifar_tune.config import DataConfig
+from cifar_tune.data import ChecksumWarning, DataError, augment, load_cifar10, load_data, normalize, split_train_val
+
+from cifar_files import md5s, write_cifar
 
 
 @pytest.fixture
@@ -25,16 +25,16 @@ def test_files_matching_official_checksums_load_silently(folder: Path, monkeypat
     monkeypatch.setattr(data_mod, "OFFICIAL_MD5", md5s(folder))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        train_x, train_y, test_x, test_y, classes, ok = load_cifar10(folder.parent)
-    assert ok
-    assert train_x.shape == (100, 3, 32, 32) and train_x.dtype == torch.uint8
-    assert train_y.shape == (100,) and test_x.shape == (30, 3, 32, 32) and len(test_y) == 30
-    assert classes[0] == "airplane" and classes[6] == "frog"
+        files = load_cifar10(folder.parent)
+    assert files.checksums_ok
+    assert files.train_x.shape == (100, 3, 32, 32) and files.train_x.dtype == torch.uint8
+    assert files.train_y.shape == (100,) and files.test_x.shape == (30, 3, 32, 32) and len(files.test_y) == 30
+    assert files.classes[0] == "airplane" and files.classes[6] == "frog"
 
 
 def test_mismatched_copy_loads_with_one_warning(folder: Path) -> None:
     with pytest.warns(ChecksumWarning) as record:
-        *_, ok = load_cifar10(folder)  # the batch folder itself is accepted as root too
+        ok = load_cifar10(folder).checksums_ok  # the batch folder itself is accepted as root too
     assert not ok
     assert len(record) == 1
     assert "data_batch_1" in str(record[0].message) and "official checksums" in str(record[0].message)

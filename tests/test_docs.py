@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cifar_tune.orchestrator.config import ExperimentConfig, validate_config
+from cifar_tune.config import ExperimentConfig, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +51,26 @@ def test_shipped_configs_validate(name: str, tmp_path: Path) -> None:
     raw.setdefault("data", {})["root"] = str(tmp_path)
     config = validate_config(raw)
     assert config.name == name
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Layout.*?```\n(.*?)```", readme, re.S).group(1)
+    listed = {m.group(1) for m in re.finditer(r"^  (\S+\.py)\b", block, re.M)}
+    package = ROOT / "cifar_tune"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name != "__init__.py" or p.parent == package}
+    assert listed == modules, {"not in README": modules - listed, "not in the tree": listed - modules}
+
+
+def test_readme_python_api_imports_work() -> None:
+    import cifar_tune
+    import cifar_tune.analysis as analysis
+
+    readme = (ROOT / "README.md").read_text()
+    for module, names in re.findall(r"^from (cifar_tune[\w.]*) import (.+)$", readme, re.M):
+        target = cifar_tune if module == "cifar_tune" else analysis if module == "cifar_tune.analysis" else None
+        if target is None:
+            continue
+        for name in (n.strip() for n in names.split("#")[0].split(",")):
+            assert hasattr(target, name), f"README: from {module} import {name}"

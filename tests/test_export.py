@@ -14,11 +14,14 @@ import pytest
 import torch
 
 from cifar_tune import export as export_mod
+from cifar_tune.analysis.stats import fastest_variants, inference_speedups
 from cifar_tune.bench import BENCH_FILE, PARITY_FILE, BenchPathError, bench_checkpoint, locate_checkpoint
+from cifar_tune.config import ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
-from cifar_tune.orchestrator.config import ExportConfig, validate_config
-from cifar_tune.orchestrator.export_hook import fastest_variants
+from cifar_tune.orchestrator.cli import main
 from cifar_tune.trainables.train import Trainer
+
+from conftest import NATIVE_BF16, TEST_PRECISION
 
 QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration_s=0.0, calibration_images=64,
                      end_to_end=False)
@@ -27,7 +30,9 @@ PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", 
 BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
                 "p90_ms", "p99_ms", "mean_ms", "images_per_s", "device_name", "torch_version",
                 "onnxruntime_version", "onnx_version", "threads", "date"}
-CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "eager_bf16", "torchscript", "onnx_fp32", "onnx_int8"}
+# eager_bf16 only where this CPU runs bf16 natively (the export skips it elsewhere, as it would crawl).
+CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "torchscript", "onnx_fp32", "onnx_int8"} | (
+    {"eager_bf16"} if NATIVE_BF16 else set())
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +151,10 @@ def test_fastest_variants_table() -> None:
     rows = []
     for precision, speed in (("fp32", 1.0), ("amp_bf16", 2.0)):
         for batch, eager, onnx_ms, int8_ms in ((1, 4.0, 2.0, 1.0), (512, 800.0, 700.0, 300.0)):
-            rows += [{"precision": precision, "variant": "eager_fp32", "batch_size": batch, "p50_ms": eager, "parity": "ok"},
-                     {"precision": precision, "variant": "onnx_fp32", "batch_size": batch, "p50_ms": onnx_ms, "parity": "ok"},
-                     {"precision": precision, "variant": "onnx_int8", "batch_size": batch, "p50_ms": int8_ms / speed,
-                      "parity": "ok" if precision == "fp32" else "parity_failed"}]
+            for variant, ms, parity in (("eager_fp32", eager, "ok"), ("onnx_fp32", onnx_ms, "ok"),
+                                        ("onnx_int8", int8_ms / speed, "ok" if precision == "fp32" else "parity_failed")):
+                rows.append({"trial_id": precision, "precision": precision, "variant": variant, "batch_size": batch,
+                             "p50_ms": ms, "parity": parity})
     table = fastest_variants(pd.DataFrame(rows)).set_index("precision")
     assert table.loc["fp32", "fastest, batch 1 (1)"] == "onnx_int8" and table.loc["fp32", "speedup, batch 1"] == 4.0
     # A variant that failed parity is never the fastest.
@@ -157,7 +162,22 @@ def test_fastest_variants_table() -> None:
     assert table.loc["amp_bf16", "speedup, largest batch"] == pytest.approx(800 / 700)
 
 
-def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw) -> None:
+def test_end_of_run_summary_and_report_use_one_speedup() -> None:
+    """Two trials whose eager latencies differ: a median of latencies and a mean of per-trial
+    ratios disagree here, and both the summary and the report must give the report's number."""
+    rows = []
+    for trial, eager, onnx_ms in (("a", 4.0, 2.0), ("b", 10.0, 2.5)):
+        rows += [{"trial_id": trial, "precision": "fp32", "variant": "eager_fp32", "batch_size": 1, "p50_ms": eager,
+                  "parity": "ok"},
+                 {"trial_id": trial, "precision": "fp32", "variant": "onnx_fp32", "batch_size": 1, "p50_ms": onnx_ms,
+                  "parity": "ok"}]
+    bench = pd.DataFrame(rows)
+    report = inference_speedups(bench).set_index("variant").loc["onnx_fp32", "speedup"]
+    assert report == pytest.approx((2.0 + 4.0) / 2)  # mean of the per-trial ratios 2x and 4x
+    assert fastest_variants(bench).loc[0, "speedup, batch 1"] == pytest.approx(report)
+
+
+def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_tests, capsys) -> None:
     from cifar_tune import run_experiment
 
     quick = {**QUICK.model_dump(), "enabled": True, "cpus": 1, "timeout_s": 600}
@@ -174,7 +194,7 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw) -> None:
     bench = pd.read_csv(outcome.path / "bench.csv")
     assert bench.equals(outcome.bench)
     assert set(bench["seed"]) == {0, 2} and set(bench["variant"]) == CPU_VARIANTS
-    assert (bench["precision"] == "amp_bf16").all()
+    assert (bench["precision"] == TEST_PRECISION).all()
     # fp32 forms must agree; bf16 / int8 may miss the 1-point rule on a 100-image test set (1 image = 1 pp)
     assert (bench.loc[bench["variant_precision"] == "fp32", "parity"] == "ok").all()
     assert set(bench["parity"]) <= {"ok", "parity_failed"}
@@ -184,18 +204,19 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw) -> None:
 
     # The standalone command on one of these trials; and a clear error on a path that is not one.
     trial = outcome.table.loc[outcome.table["seed"] == 0, "path"].item()
-    cli = [sys.executable, "-m", "cifar_tune.orchestrator.cli", "bench"]
-    run = subprocess.run(cli + [trial, "--out", str(outcome.path / "standalone"), "--set", "batch_sizes=[2]",
-                                "--set", "min_runs=2", "--set", "min_duration_s=0", "--set", "end_to_end=false",
-                                "--set", "calibration_images=64"], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "onnx_int8" in run.stdout and "batch    2: p50" in run.stdout
+    capsys.readouterr()
+    code = main(["bench", trial, "--out", str(outcome.path / "standalone"), "--set", "batch_sizes=[2]",
+                 "--set", "min_runs=2", "--set", "min_duration_s=0", "--set", "end_to_end=false",
+                 "--set", "calibration_images=64"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "onnx_int8" in out and "batch    2: p50" in out
     assert (outcome.path / "standalone" / "bench.json").is_file()
-    bad = subprocess.run(cli + [str(outcome.path)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "not a trial directory" in bad.stderr
+    assert main(["bench", str(outcome.path)]) == 2
+    assert "not a trial directory" in capsys.readouterr().err
 
 
-def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw) -> None:
+def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw, ray_for_tests) -> None:
     from cifar_tune import resume_experiment, run_experiment
 
     quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}

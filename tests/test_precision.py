@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifar_tune.orchestrator.config import ConfigError, validate_config
-from cifar_tune.orchestrator.preflight import plan, preflight
+from cifar_tune.config import ConfigError, validate_config
+from cifar_tune.orchestrator.preflight import describe_plan, preflight
+from cifar_tune.plan import SearchPlan
 from cifar_tune.precision import POLICIES, device_problem, policy
+
+
+def _preflight(raw: dict) -> str:
+    config = validate_config(raw)
+    return preflight(config, SearchPlan.of(config))
 
 
 def test_policies() -> None:
@@ -24,7 +30,6 @@ def test_tf32_flags_follow_the_policy(name: str) -> None:
     assert torch.backends.cuda.matmul.allow_tf32 is (name == "tf32")
     assert torch.backends.cudnn.allow_tf32 is (name == "tf32")
     assert torch.get_float32_matmul_precision() == ("high" if name == "tf32" else "highest")
-    policy("fp32").apply_backend_flags()
 
 
 def test_autocast_and_scaler_on_cpu() -> None:
@@ -54,9 +59,9 @@ def test_preflight_rejects_fp16_on_cpu_unless_opted_in(tiny_raw, monkeypatch) ->
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
     raw = {**tiny_raw, "search": {"precision": ["fp32", "amp_fp16"]}}
     with pytest.raises(ConfigError, match=r"search\.precision: 'amp_fp16' on cpu: .*allow_slow_precision"):
-        preflight(validate_config(raw))
+        _preflight(raw)
     raw["train"] = {**raw["train"], "allow_slow_precision": True}
-    assert preflight(validate_config(raw)) == "cpu"
+    assert _preflight(raw) == "cpu"
 
 
 def test_preflight_rejects_gpus_on_a_gpu_less_local_ray(tiny_raw, monkeypatch) -> None:
@@ -64,14 +69,15 @@ def test_preflight_rejects_gpus_on_a_gpu_less_local_ray(tiny_raw, monkeypatch) -
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     raw = {**tiny_raw, "resources": {"gpus_per_trial": 0.5}}
     with pytest.raises(ConfigError, match=r"resources\.gpus_per_trial: 0\.5 .*no usable GPU"):
-        preflight(validate_config(raw))
+        _preflight(raw)
     # On a cluster the driver need not have the GPU itself.
     raw["ray"] = {"address": "auto"}
-    assert preflight(validate_config(raw)) == "cuda"
+    assert _preflight(raw) == "cuda"
 
 
 def test_plan_lists_trials_and_resources(tiny_raw) -> None:
     raw = {**tiny_raw, "search": {"precision": ["fp32", "amp_bf16"], "seed": [0, 1]}}
-    text = plan(validate_config(raw))
+    config = validate_config(raw)
+    text = describe_plan(config, SearchPlan.of(config))
     assert "4 trial(s) x 3 epoch(s) on cpu" in text and "1 CPU, 0 GPU" in text
     assert text.count("  trial ") == 4 and "precision=amp_bf16, seed=1" in text

@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from cifar_tune import resume_experiment, run_experiment
+from cifar_tune.config import ConfigError, validate_config
+from cifar_tune.names import BEST_FILE, EPOCH_METRICS, STATE_FILE, TEST_METRICS
 from cifar_tune.orchestrator.cluster import check_storage
-from cifar_tune.orchestrator.config import ConfigError, validate_config
-from cifar_tune.trainables.train import BEST_FILE, STATE_FILE
 
-EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
-              "train_images_per_s"}
-FINAL_KEYS = {"test_loss", "test_acc", "test_time_s"}
+from conftest import ALLOW_EMULATED_BF16, TEST_PRECISION
+
+EPOCH_KEYS = set(EPOCH_METRICS)
+FINAL_KEYS = set(TEST_METRICS)
+pytestmark = pytest.mark.usefixtures("ray_for_tests")
 COMPARED = ["train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc", "test_loss", "test_acc"]
 
 
@@ -45,12 +47,12 @@ def _final_weights(result) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One uninterrupted 3-epoch amp_bf16 trial, the reference for the resume tests."""
+def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_tests: None) -> Any:
+    """One uninterrupted 3-epoch trial, the reference for the resume tests."""
     raw = {
         "name": "straight", "storage_path": str(tmp_path_factory.mktemp("straight")),
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": "amp_bf16", "eval_batch_size": 200},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": TEST_PRECISION, "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},
         "export": {"enabled": False},
         "wandb": {"mode": "disabled"},
@@ -59,7 +61,8 @@ def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_experiment_learns_and_writes_results(tiny_raw) -> None:
-    config = _config(tiny_raw, search={"precision": ["fp32", "amp_bf16"], "seed": [0]})
+    config = _config(tiny_raw, search={"precision": ["fp32", "amp_bf16"], "seed": [0]},
+                     train={**tiny_raw["train"], **ALLOW_EMULATED_BF16})
     outcome = run_experiment(config, quiet=True)
     table = outcome.table
     assert list(table["precision"]) == ["amp_bf16", "fp32"] and list(table["seed"]) == [0, 0]
@@ -100,7 +103,7 @@ def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straig
     config = _config(reference_raw, name="interrupted", storage_path=tiny_raw["storage_path"],
                      debug={"fail_at_epoch": 2}, search={"epochs": [2, 3]})
     first = run_experiment(config, quiet=True)
-    assert dict(zip(first.table["epochs"], first.table["status"])) == {2: "TERMINATED", 3: "ERROR"}
+    assert dict(zip(first.table["epochs"], first.table["status"], strict=True)) == {2: "TERMINATED", 3: "ERROR"}
     assert "fail_at_epoch" in first.table.loc[first.table["epochs"] == 3, "error"].item()
 
     finished = next(r for r in first.result_grid if r.config["train"]["epochs"] == 2)
@@ -136,14 +139,19 @@ def test_local_storage_refused_on_multi_node_cluster(tiny_raw) -> None:
     check_storage(_config(tiny_raw, storage_path="s3://bucket/exp"), nodes=2)
 
 
-def test_asha_scheduler_is_built_from_the_config(tiny_raw) -> None:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def test_asha_scheduler_is_built_from_the_plan(tiny_raw, monkeypatch) -> None:
+    from ray.tune.schedulers import FIFOScheduler
 
-    from cifar_tune.orchestrator.experiment import make_scheduler
+    from cifar_tune.orchestrator import experiment
+    from cifar_tune.plan import SearchPlan
 
-    assert isinstance(make_scheduler(_config(tiny_raw)), FIFOScheduler)
-    asha = make_scheduler(_config(tiny_raw, tune={"scheduler": "asha", "grace_period": 2, "reduction_factor": 2},
-                                  search={"epochs": [3, 8]}))
-    assert isinstance(asha, ASHAScheduler)
-    assert asha._max_t == 8 and asha._reduction_factor == 2
-    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [8, 4, 2]  # from the grace period up
+    fifo = _config(tiny_raw)
+    assert isinstance(experiment.make_scheduler(fifo, SearchPlan.of(fifo)), FIFOScheduler)
+    monkeypatch.setattr(experiment, "ASHAScheduler", lambda **kwargs: kwargs)  # records what it was given
+    asha = _config(tiny_raw, tune={"scheduler": "asha", "grace_period": 2, "reduction_factor": 2},
+                   search={"epochs": [3, 8]})
+    assert experiment.make_scheduler(asha, SearchPlan.of(asha)) == {
+        "time_attr": "training_iteration", "max_t": 8, "grace_period": 2, "reduction_factor": 2.0}
+    # A grace period past the longest trial is capped at it.
+    late = _config(tiny_raw, tune={"scheduler": "asha", "grace_period": 50})
+    assert experiment.make_scheduler(late, SearchPlan.of(late))["grace_period"] == 3

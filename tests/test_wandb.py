@@ -12,8 +12,10 @@ import pytest
 
 from cifar_tune import run_experiment
 from cifar_tune.analysis.report import analyze_experiment
-from cifar_tune.orchestrator.config import validate_config
+from cifar_tune.config import validate_config
 from cifar_tune.tracking import resolve_mode
+
+from conftest import ALLOW_EMULATED_BF16
 
 FAKE_KEY = "ctfake" + "0123456789abcdef" * 2 + "fedcba98"  # 46 recognizable characters
 WANDB = str(Path(sys.executable).parent / "wandb")
@@ -31,7 +33,7 @@ def _inspect(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_tests: None) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_API_KEY", FAKE_KEY)  # present, but the runs are offline: must never reach a file
         mp.setenv("WANDB_MODE", "offline")
@@ -39,7 +41,7 @@ def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         raw = {
             "name": "tracked", "storage_path": str(tmp_path_factory.mktemp("wandb")),
             "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02},
+            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, **ALLOW_EMULATED_BF16},
             "search": {"precision": ["fp32", "amp_bf16"], "seed": [0]},
             "resources": {"cpus_per_trial": 1}, "export": {"enabled": False},
             "wandb": {"mode": "offline", "tags": ["ci"]},

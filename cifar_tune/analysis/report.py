@@ -1,5 +1,6 @@
 """The local report: `cifar-tune analyze EXPERIMENT_DIR` writes report.md, PNG plots and a CSV of
-every table into `<experiment dir>/analysis/` (or --out). Needs no account and no network.
+every table into `<experiment dir>/analysis/` (or --out), then the W&B analysis run. Needs no
+account and no network.
 
 It works on whatever the experiment has: one trial, errored or unfinished trials, no export
 results; and it says what is missing rather than leaving a blank.
@@ -7,119 +8,16 @@ results; and it says what is missing rather than leaving a blank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cifar_tune.analysis.load import Experiment, load_experiment  # noqa: E402
-from cifar_tune.analysis.stats import (aggregate, compare_to_baseline, complete_trials, conclusion,  # noqa: E402
-                                       inference_speedups, mean_ci, original_study_table)
-
-ANALYSIS_DIR = "analysis"
-
-
-@dataclass
-class Analysis:
-    """Every table of the report, as DataFrames, plus the sentences and what is missing."""
-
-    experiment: Experiment
-    aggregate: pd.DataFrame
-    comparison: pd.DataFrame
-    original: pd.DataFrame
-    inference: pd.DataFrame
-    conclusions: list[str]
-    missing: list[str] = field(default_factory=list)
-
-
-def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
-    trials, groups = experiment.trials, experiment.group_columns
-    missing = []
-    if trials.empty:
-        missing.append("the experiment has no trials yet")
-    done = complete_trials(trials)
-    not_done = trials.drop(done.index)
-    for _, row in not_done.iterrows():
-        why = f": {row['error']}" if row["error"] else ""
-        missing.append(f"trial {row['trial_id']} ({row['precision']}, seed {row['seed']}) is {row['status']} after "
-                       f"{row['epochs_done']} epoch(s){why}; left out of the statistics")
-    agg = aggregate(trials, groups) if not done.empty else pd.DataFrame()
-    comparison = compare_to_baseline(trials, groups, baseline) if not done.empty else pd.DataFrame()
-    if not done.empty and baseline not in set(done["precision"]):
-        missing.append(f"no finished {baseline} trial: nothing to compare the other precisions with")
-    others = [g for g in groups if g != "precision"]
-    conclusions = [conclusion(row, others) for _, row in comparison.iterrows()]
-    if experiment.bench.empty:
-        missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
-    return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
-                    inference_speedups(experiment.bench), conclusions, missing)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_metric_per_precision(trials: pd.DataFrame, column: str, label: str, path: Path, scale: float = 1.0) -> Path:
-    """One point per seed, the mean with its 95% interval beside it."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    precisions = sorted(trials["precision"].unique())
-    for i, precision in enumerate(precisions):
-        values = trials.loc[trials["precision"] == precision, column].dropna() * scale
-        ax.scatter(np.full(len(values), i - 0.1), values, alpha=0.6, label="seeds" if i == 0 else None)
-        summary = mean_ci(values)
-        err = None if np.isnan(summary["ci_low"]) else [[summary["mean"] - summary["ci_low"]],
-                                                         [summary["ci_high"] - summary["mean"]]]
-        ax.errorbar([i + 0.1], [summary["mean"]], yerr=err, fmt="o", color="black", capsize=5,
-                    label="mean, 95% CI" if i == 0 else None)
-    ax.set_xticks(range(len(precisions)), precisions)
-    ax.set_ylabel(label)
-    ax.legend()
-    return _save(fig, path)
-
-
-def plot_val_curves(history: pd.DataFrame, path: Path) -> Path:
-    """val_acc per epoch: mean over seeds, with a 95% band."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for precision, part in history.groupby("precision"):
-        rows = [dict(epoch=epoch, **mean_ci(p["val_acc"] * 100)) for epoch, p in part.groupby("epoch")]
-        curve = pd.DataFrame(rows)
-        ax.plot(curve["epoch"], curve["mean"], label=f"{precision} (n={int(curve['n'].max())})")
-        ax.fill_between(curve["epoch"], curve["ci_low"], curve["ci_high"], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel("validation accuracy (%)")
-    ax.legend()
-    return _save(fig, path)
-
-
-def plot_latency(bench: pd.DataFrame, path: Path) -> Path:
-    """p50 latency per variant and batch size (mean over trials), log scale."""
-    timed = bench.dropna(subset=["p50_ms"])
-    table = timed.groupby(["variant", "batch_size"])["p50_ms"].mean().unstack("batch_size")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(1, len(table.columns))
-    for j, batch in enumerate(table.columns):
-        ax.bar(np.arange(len(table)) + j * width, table[batch], width, label=f"batch {batch}")
-    ax.set_xticks(np.arange(len(table)) + width * (len(table.columns) - 1) / 2, table.index, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("p50 latency (ms)")
-    ax.legend()
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------------- report
+from cifar_tune.analysis.load import load_experiment
+from cifar_tune.analysis.plots import plot_latency, plot_metric_per_precision, plot_val_curves
+from cifar_tune.analysis.stats import complete_trials
+from cifar_tune.analysis.summary import Analysis, analyze
+from cifar_tune.analysis.wandb_report import publish
+from cifar_tune.names import ANALYSIS_DIR
 
 
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
@@ -189,13 +87,10 @@ def analyze_experiment(path: str | Path, out: str | Path | None = None,
                        wandb_mode: str | None = None) -> tuple[Analysis, dict[str, Path]]:
     """The Python API behind `cifar-tune analyze`: the local report, then (unless the mode is
     disabled) the W&B analysis run. `wandb_mode` None: the experiment config's wandb.mode."""
-    from cifar_tune.analysis.wandb_report import publish
-    from cifar_tune.orchestrator.config import load_config
-
     experiment = load_experiment(path)
     analysis = analyze(experiment)
     written = write_report(analysis, Path(out) if out else experiment.path / ANALYSIS_DIR)
-    settings = load_config(experiment.path / "cifar_tune_config.yaml").wandb
+    settings = experiment.config.wandb
     try:
         run_dir = publish(analysis, settings, wandb_mode or settings.mode, written)
     except Exception as exc:  # W&B down or misconfigured: the local report above is already written

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cifar_tune.names import REFERENCE_VARIANT
+
 CONFIDENCE = 0.95
 AGGREGATED = ["best_val_acc", "test_acc", "training_time_s", "train_images_per_s"]
 
@@ -42,7 +44,7 @@ def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGR
     for key, part in done.groupby(groups, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         for metric in metrics:
-            rows.append({**dict(zip(groups, key)), "metric": metric, **mean_ci(part[metric])})
+            rows.append({**dict(zip(groups, key, strict=True)), "metric": metric, **mean_ci(part[metric])})
     return pd.DataFrame(rows)
 
 
@@ -82,7 +84,7 @@ def compare_to_baseline(trials: pd.DataFrame, groups: list[str], baseline: str =
                 continue
             acc = welch(arm["test_acc"] * 100, base["test_acc"] * 100)
             fast = speedup(base["training_time_s"], arm["training_time_s"])
-            rows.append({**dict(zip(others, key)), "precision": precision, "baseline": baseline,
+            rows.append({**dict(zip(others, key, strict=True)), "precision": precision, "baseline": baseline,
                          "n": acc["n_a"], "n_baseline": acc["n_b"],
                          "test_acc_diff_pp": acc["diff"], "diff_ci_low": acc["ci_low"], "diff_ci_high": acc["ci_high"],
                          "p_value": acc["p_value"], "train_speedup": fast["speedup"],
@@ -91,12 +93,14 @@ def compare_to_baseline(trials: pd.DataFrame, groups: list[str], baseline: str =
 
 
 def inference_speedups(bench: pd.DataFrame) -> pd.DataFrame:
-    """Per trained precision, variant and batch size: speedup over the same trial's eager fp32
-    (p50 latency ratio), mean and 95% CI across trials."""
+    """Inference speedup, the one definition the report and the end-of-run summary share: per
+    trained precision, variant and batch size, the ratio of the same trial's eager fp32 p50 latency
+    to the variant's p50 latency, then mean and 95% CI across trials."""
     if bench.empty or "p50_ms" not in bench:
         return pd.DataFrame()
     timed = bench.dropna(subset=["p50_ms"])
-    eager = timed[timed["variant"] == "eager_fp32"].set_index(["trial_id", "batch_size"])["p50_ms"]
+    timed = timed.assign(precision=timed["precision"] if "precision" in timed else "all")
+    eager = timed[timed["variant"] == REFERENCE_VARIANT].set_index(["trial_id", "batch_size"])["p50_ms"]
     timed = timed.join(eager.rename("eager_p50_ms"), on=["trial_id", "batch_size"])
     timed = timed.assign(speedup=timed["eager_p50_ms"] / timed["p50_ms"])
     rows = []
@@ -106,6 +110,24 @@ def inference_speedups(bench: pd.DataFrame) -> pd.DataFrame:
                      "p50_ms": part["p50_ms"].mean(), "speedup": summary["mean"], "ci_low": summary["ci_low"],
                      "ci_high": summary["ci_high"], "n": summary["n"],
                      "parity_ok": bool((part["parity"] == "ok").all())})
+    return pd.DataFrame(rows)
+
+
+def fastest_variants(bench: pd.DataFrame) -> pd.DataFrame:
+    """Per trained precision: the parity-checked variant with the largest inference speedup (as
+    `inference_speedups` defines it) at the smallest and at the largest batch size."""
+    speedups = inference_speedups(bench)
+    if speedups.empty:
+        return pd.DataFrame()
+    ok = speedups[speedups["parity_ok"] & speedups["speedup"].notna()]
+    rows = []
+    for precision, part in ok.groupby("precision"):
+        row: dict[str, Any] = {"precision": precision}
+        for label, batch in (("batch 1", part["batch_size"].min()), ("largest batch", part["batch_size"].max())):
+            best = part[part["batch_size"] == batch].sort_values("speedup", kind="stable").iloc[-1]
+            row[f"fastest, {label} ({batch})"] = best["variant"]
+            row[f"speedup, {label}"] = best["speedup"]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

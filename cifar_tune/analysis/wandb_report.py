@@ -17,8 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from cifar_tune.analysis.report import Analysis
 from cifar_tune.analysis.stats import complete_trials
+from cifar_tune.analysis.summary import Analysis
+from cifar_tune.config import WandbConfig
 from cifar_tune.tracking import offline_note, resolve_mode, wandb_dir
 
 
@@ -47,7 +48,7 @@ def headline(analysis: Analysis) -> dict[str, float]:
     return out
 
 
-def publish(analysis: Analysis, settings: Any, mode: str, images: dict[str, Path]) -> Path | None:
+def publish(analysis: Analysis, settings: WandbConfig, mode: str, images: dict[str, Path]) -> Path | None:
     """Log the analysis run; returns its local run directory (None when disabled)."""
     mode = resolve_mode(mode)
     if mode == "disabled":

@@ -1,7 +1,8 @@
-"""`cifar-tune`: the command line, a thin layer over cifar_tune.orchestrator.experiment.
+"""`cifar-tune`: the command line, a thin layer over the Python API (cifar_tune.orchestrator,
+cifar_tune.analysis, cifar_tune.bench).
 
-Exit codes: 0 success, 1 the experiment ran but some trial failed,
-2 bad input (config, flag, path, data files) found before any work started.
+Exit codes: 0 success, 1 the experiment ran but some trial failed, and for a `CifarTuneError`
+its `exit_code`: 2 for bad input (config, flag, path, data files) found before any work started.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifar_tune.analysis.load import ExperimentNotFound
-from cifar_tune.bench import BenchPathError
-from cifar_tune.data import DataError
-from cifar_tune.orchestrator.config import ConfigError, describe_schema, load_config
+from cifar_tune.analysis.report import analyze_experiment
+from cifar_tune.bench import bench_path
+from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
+from cifar_tune.errors import CifarTuneError
+from cifar_tune.names import ERROR, RESULTS_FILE
+from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
+from cifar_tune.orchestrator.preflight import describe_plan
+from cifar_tune.plan import SearchPlan
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -64,8 +69,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from cifar_tune.analysis.report import analyze_experiment
-
     analysis, written = analyze_experiment(args.experiment_dir, args.out, args.wandb_mode)
     for line in analysis.conclusions:
         print(line)
@@ -78,9 +81,6 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from cifar_tune.bench import bench_path
-    from cifar_tune.orchestrator.config import DataConfig, ExportConfig, apply_overrides, validate_section
-
     settings = validate_section(ExportConfig, apply_overrides({}, args.overrides), "export")
     data = validate_section(DataConfig, {"root": args.data_root, "download": False}, "data") if args.data_root else None
     result = bench_path(args.path, data, settings, args.out)
@@ -98,31 +98,25 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "analyze":
+            return _analyze(args)
+        if args.command == "resume":
+            outcome = resume_experiment(args.experiment_dir, address=args.address)
+        else:
             config = load_config(args.config, args.overrides)
             if args.address:
                 config.ray.address = args.address
             if args.dry_run:
-                from cifar_tune.orchestrator.preflight import plan
-
-                print(plan(config))
+                print(describe_plan(config, SearchPlan.of(config)))
                 return 0
-            from cifar_tune.orchestrator.experiment import run_experiment
-
             outcome = run_experiment(config)
-        elif args.command == "bench":
-            return _bench(args)
-        elif args.command == "analyze":
-            return _analyze(args)
-        else:
-            from cifar_tune.orchestrator.experiment import resume_experiment
-
-            outcome = resume_experiment(args.experiment_dir, address=args.address)
-    except (ConfigError, DataError, BenchPathError, ExperimentNotFound) as exc:
+    except CifarTuneError as exc:
         print(f"cifar-tune: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nresults: {outcome.path / 'results.csv'}")
-    return 1 if (outcome.table["status"] == "ERROR").any() else 0
+        return exc.exit_code
+    print(f"\nresults: {outcome.path / RESULTS_FILE}")
+    return 1 if (outcome.table["status"] == ERROR).any() else 0
 
 
 if __name__ == "__main__":

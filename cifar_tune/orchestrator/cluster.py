@@ -4,6 +4,12 @@
 shuts it down afterwards; "auto", "host:port" or "ray://host:port" join a
 cluster that someone else started and leave it running. Under
 `ray job submit` the RAY_ADDRESS variable is set, and counts as an address.
+
+Token authentication (Ray 2.59+): `ray start` clusters require a token. Ray itself sends one
+for a new local cluster and for "auto"; for an explicit address it does not, so `ray_session`
+switches token mode on, at connect time, when a token is at hand (RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset. The token goes only to the
+cluster the user named for this run. Nothing happens at import.
 """
 
 from __future__ import annotations
@@ -13,10 +19,9 @@ import logging
 import os
 from collections.abc import Iterator
 
-
 import ray
 
-from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig
+from cifar_tune.config import ConfigError, ExperimentConfig
 
 
 def effective_address(address: str | None) -> str | None:
@@ -30,6 +35,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     address = effective_address(address)
+    if address is not None and not address.startswith("ray://"):
+        use_token_auth_if_available()
     try:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
@@ -44,6 +51,19 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def use_token_auth_if_available() -> None:
+    """Turn on Ray's token mode for this process when a token exists and RAY_AUTH_MODE is unset:
+    what `ray.init(address="auto")` does itself, done for an explicit address too. Works after
+    Ray was imported (a notebook's `import ray` first), as Ray re-reads its config here."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication: nothing to do
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def alive_nodes() -> int:

@@ -4,14 +4,15 @@
     outcome = run_experiment(config)
     outcome.table            # one row per trial, also in <storage_path>/<name>/results.csv
 
-Order of work: validate and preflight (no Ray, no data), load CIFAR-10 once,
-connect to Ray, then hand the data to every trial through the object store.
+Order of work: validate, derive the search plan and preflight it (no Ray, no data), load CIFAR-10
+once, connect to Ray, then hand the data to every trial through the object store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,29 +21,34 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from cifar_tune.analysis.results import format_table, read_table, results_table, write_results
+from cifar_tune.analysis.stats import fastest_variants
+from cifar_tune.analysis.trials import (
+    TrialRecord,
+    format_table,
+    read_table,
+    read_trial_records,
+    results_view,
+    trial_table,
+)
+from cifar_tune.config import ConfigError, ExperimentConfig, dump_config, load_config
 from cifar_tune.data import CifarData, load_data
+from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
-from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig, dump_config, load_config
-from cifar_tune.orchestrator.export_hook import BENCH_CSV, ExportCallback, fastest_variants
+from cifar_tune.orchestrator.export_hook import ExportCallback
 from cifar_tune.orchestrator.preflight import preflight
-from cifar_tune.orchestrator.search import param_space, search_columns, searched_values
+from cifar_tune.orchestrator.search import param_space
+from cifar_tune.plan import SearchPlan
+from cifar_tune.tracking import trial_callback
 from cifar_tune.trainables.trainable import train_cifar
-
-# num_to_keep=1 makes Tune snapshot its state after every checkpoint, i.e. every epoch. That is
-# what we want (a resume loses at most one epoch), so its "snapshotting too often" warning is noise.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-CONFIG_FILE = "cifar_tune_config.yaml"  # the validated config, saved beside Tune's own state
-CHECKPOINT_SCORE = "val_acc"  # the checkpoint Tune keeps besides the latest: best validation accuracy
 
 
 @dataclass
 class ExperimentOutcome:
     path: Path
-    table: pd.DataFrame  # one row per trial (results.csv)
+    table: pd.DataFrame  # one row per trial (results.csv holds its documented columns)
     result_grid: Any  # ray.tune.ResultGrid
     bench: pd.DataFrame  # one row per trial x variant x batch size (bench.csv); empty without exports
+    plan: SearchPlan
 
 
 def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
@@ -50,23 +56,23 @@ def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
     return tune.with_resources(tune.with_parameters(train_cifar, data=data), resources)
 
 
-def make_scheduler(config: ExperimentConfig) -> Any:
+def make_scheduler(config: ExperimentConfig, plan: SearchPlan) -> Any:
     if config.tune.scheduler == "fifo":
         return FIFOScheduler()
-    max_epochs = max(searched_values(config, "epochs") or [config.train.epochs])
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                         grace_period=min(config.tune.grace_period, max_epochs),
+    return ASHAScheduler(time_attr="training_iteration", max_t=plan.max_epochs,
+                         grace_period=min(config.tune.grace_period, plan.max_epochs),
                          reduction_factor=config.tune.reduction_factor)
 
 
-def make_tuner(config: ExperimentConfig, data: CifarData, callbacks: Sequence[Any] = ()) -> tune.Tuner:
+def make_tuner(config: ExperimentConfig, plan: SearchPlan, data: CifarData,
+               callbacks: Sequence[Any] = ()) -> tune.Tuner:
     storage = str(config.experiment_dir.parent) if config.storage_is_local() else config.storage_path
     return tune.Tuner(
         make_trainable(config, data),
-        param_space=param_space(config),
+        param_space=param_space(config, plan),
         tune_config=tune.TuneConfig(
             metric=config.tune.metric, mode=config.tune.mode, num_samples=config.tune.num_samples,
-            max_concurrent_trials=config.tune.max_concurrent_trials, scheduler=make_scheduler(config),
+            max_concurrent_trials=config.tune.max_concurrent_trials, scheduler=make_scheduler(config, plan),
         ),
         run_config=tune.RunConfig(
             name=config.name,
@@ -81,6 +87,21 @@ def make_tuner(config: ExperimentConfig, data: CifarData, callbacks: Sequence[An
     )
 
 
+@contextlib.contextmanager
+def _quiet_snapshot_warning() -> Iterator[None]:
+    """num_to_keep=1 makes Tune snapshot its state after every checkpoint, i.e. every epoch. That
+    is what we want (a resume loses at most one epoch), so its "snapshotting too often" warning is
+    noise. Tune reads the threshold when fit() starts; it is restored afterwards."""
+    key = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+    before = os.environ.get(key)
+    os.environ.setdefault(key, "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+
+
 def _check_fresh(config: ExperimentConfig) -> None:
     """Never start a new experiment on top of an old one: its results would be mixed or lost."""
     folder = config.experiment_dir
@@ -90,34 +111,45 @@ def _check_fresh(config: ExperimentConfig) -> None:
             f"`cifar-tune resume {folder}` or choose another name (--set name=...)")
 
 
-def _finish(config: ExperimentConfig, path: Path, grid: Any, quiet: bool) -> ExperimentOutcome:
-    table = results_table(grid, search_columns(config))
+def _records_from_grid(grid: Any) -> list[TrialRecord]:
+    """Trial records from Tune's ResultGrid, for storage this process cannot read as files."""
+    records = []
+    for result in grid:
+        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+        records.append(TrialRecord(path=str(result.path), params=result.config or {}, history=history,
+                                   tune_status="ERROR" if result.error is not None else None,
+                                   error=str(result.error) if result.error is not None else ""))
+    return records
+
+
+def _finish(config: ExperimentConfig, plan: SearchPlan, path: Path, grid: Any, quiet: bool) -> ExperimentOutcome:
     if config.storage_is_local():
-        write_results(table, path)
-    bench_path = path / BENCH_CSV
-    bench = read_table(bench_path)
+        table = trial_table(read_trial_records(path), plan.columns)
+        results_view(table, plan.columns).to_csv(path / RESULTS_FILE, index=False)
+    else:
+        table = trial_table(_records_from_grid(grid), plan.columns)
+    bench = read_table(path / BENCH_CSV)
     if not quiet:
         print(f"\nResults of {config.name} ({path}):")
-        print(format_table(table))
+        print(format_table(table, plan.columns))
         fastest = fastest_variants(bench)
         if not fastest.empty:
             print("\nDeployment: fastest parity-checked variant per precision, speedup over eager fp32 "
-                  f"(p50 latency; details in {bench_path}):")
+                  f"(p50 latency, mean of per-trial ratios; details in {path / BENCH_CSV}):")
             print(fastest.to_string(index=False, float_format=lambda v: f"{v:.2f}x"))
-    return ExperimentOutcome(path, table, grid, bench)
+    return ExperimentOutcome(path, table, grid, bench, plan)
 
 
-def _callbacks(config: ExperimentConfig, data: CifarData, extra: Sequence[Any]) -> list[Any]:
-    from cifar_tune.tracking import trial_callback
-
-    hooks = [ExportCallback(config, search_columns(config), data)] if config.export.enabled else []
+def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
+    hooks: list[Any] = [ExportCallback(config, plan, data)] if config.export.enabled else []
     wandb_hook = trial_callback(config, config.experiment_dir) if config.storage_is_local() else None
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
     """Run every trial of `config` on Ray Tune and return the results table."""
-    preflight(config)
+    plan = SearchPlan.of(config)
+    preflight(config, plan)
     _check_fresh(config)
     data = load_data(config.data)
     with ray_session(config.ray.address):
@@ -125,8 +157,9 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
         if config.storage_is_local():
             config.experiment_dir.mkdir(parents=True, exist_ok=True)
             dump_config(config, config.experiment_dir / CONFIG_FILE)
-        grid = make_tuner(config, data, _callbacks(config, data, callbacks)).fit()
-    return _finish(config, Path(grid.experiment_path), grid, quiet)
+        with _quiet_snapshot_warning():
+            grid = make_tuner(config, plan, data, _callbacks(config, plan, data, callbacks)).fit()
+    return _finish(config, plan, Path(grid.experiment_path), grid, quiet)
 
 
 def resume_experiment(path: str | Path, address: str | None = None, quiet: bool = False) -> ExperimentOutcome:
@@ -139,11 +172,13 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     config = load_config(path / CONFIG_FILE)
     if address:
         config.ray.address = address
-    preflight(config)
+    plan = SearchPlan.of(config)
+    preflight(config, plan)
     data = load_data(config.data)
     with ray_session(config.ray.address):
         check_storage(config, alive_nodes())
         tuner = tune.Tuner.restore(str(path), trainable=make_trainable(config, data),
                                    resume_unfinished=True, resume_errored=True)
-        grid = tuner.fit()
-    return _finish(config, path, grid, quiet)
+        with _quiet_snapshot_warning():
+            grid = tuner.fit()
+    return _finish(config, plan, path, grid, quiet)

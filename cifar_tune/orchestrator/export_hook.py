@@ -19,19 +19,19 @@ import ray
 import torch
 from ray import tune
 
-from cifar_tune.analysis.results import read_table, search_value
-from cifar_tune.orchestrator.config import ExperimentConfig, ExportConfig
-
-BENCH_CSV = "bench.csv"
-EXPORTS_JSON = "exports.json"  # per trial: ok / failed / timeout, with the reason
+from cifar_tune.analysis.trials import read_table
+from cifar_tune.bench import bench_checkpoint
+from cifar_tune.config import ExperimentConfig, ExportConfig
+from cifar_tune.data import CifarData, load_data
+from cifar_tune.errors import short_error
+from cifar_tune.names import BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
+from cifar_tune.plan import SearchPlan, search_value
 
 
 @ray.remote
 def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
                  data_root: str | None, inject_failure: bool) -> dict[str, Any]:
     """Runs on a worker: export, parity and latency for one checkpoint. Device: what torch sees here."""
-    from cifar_tune.bench import bench_checkpoint
-
     if inject_failure:
         raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
     config = ExportConfig.model_validate(settings)
@@ -53,23 +53,33 @@ class ExportCallback(tune.Callback):
     bench.csv and exports.json into the experiment directory (merged with those of earlier runs of
     the same experiment, so a resumed experiment keeps the exports it already had)."""
 
-    def __init__(self, config: ExperimentConfig, search_columns: list[str], data: Any = None) -> None:
+    def __init__(self, config: ExperimentConfig, plan: SearchPlan, data: CifarData | None = None) -> None:
         self.config = config
-        self.search_columns = search_columns
-        self._loaded = data  # the experiment's CifarData when the caller has it; else read on first need
+        self.search_columns = plan.columns
+        self._loaded = data  # the experiment's data when the caller has it; else read on first need
         self._data_ref: Any = None
         self.pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # trial id -> (ObjectRef, row keys)
         self.outcomes: dict[str, dict[str, Any]] = {}
+        self.experiment_dir: Path | None = None  # where Tune really writes, learnt from the trials
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment; object refs die with the Ray session.
-        return {**self.__dict__, "_loaded": None, "_data_ref": None, "pending": {}, "outcomes": {}}
+        # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
+        # Object refs die with the Ray session; the config travels as plain data, so the pickle
+        # does not depend on where the config classes live.
+        return {"config": self.config.model_dump(mode="json"), "search_columns": self.search_columns}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also reads the state pickled before 0.2 (a config object, plus fields no longer kept).
+        config = state["config"]
+        self.config = config if isinstance(config, ExperimentConfig) else ExperimentConfig.model_validate(
+            config, context={"saved": True})
+        self.search_columns = list(state["search_columns"])
+        self._loaded, self._data_ref, self.pending, self.outcomes = None, None, {}, {}
+        self.experiment_dir = None
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
         if self._data_ref is None:
-            from cifar_tune.data import load_data
-
             data = self._loaded or load_data(self.config.data)
             self._data_ref = ray.put((data.test_x, data.test_y, data.train_x[: self.config.export.calibration_images]))
         return self._data_ref
@@ -79,18 +89,20 @@ class ExportCallback(tune.Callback):
         if checkpoint is None or "test_acc" not in (trial.last_result or {}):
             return  # stopped early by the scheduler: no final weights to export
         train = trial.config.get("train", {})
+        # The trial's own folder tells where this run writes, even for an experiment moved since.
+        self.experiment_dir = Path(trial.path).parent
         row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
                **{c: search_value(trial.config, c) for c in self.search_columns}}
         export = self.config.export
         ref = export_trial.options(num_cpus=export.cpus, num_gpus=export_gpus(export)).remote(
-            checkpoint.path, str(Path(trial.path) / "export"), self._data(), export.model_dump(),
+            checkpoint.path, str(Path(trial.path) / EXPORT_DIR), self._data(), export.model_dump(),
             self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed)
         self.pending[trial.trial_id] = (ref, row)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.collect(self.config.export.timeout_s)
-        if self.config.storage_is_local():
-            self.write(self.config.experiment_dir)
+        if self.config.storage_is_local() and self.experiment_dir is not None:
+            self.write(self.experiment_dir)
 
     def collect(self, timeout_s: float) -> None:
         refs = [ref for ref, _ in self.pending.values()]
@@ -104,9 +116,7 @@ class ExportCallback(tune.Callback):
             try:
                 self.outcomes[trial_id] = {**row, "status": "ok", "result": ray.get(ref)}
             except Exception as exc:  # an export failure is recorded, never raised
-                cause = getattr(exc, "cause", None) or exc
-                self.outcomes[trial_id] = {**row, "status": "failed",
-                                           "reason": f"{type(cause).__name__}: {cause}".splitlines()[0][:500]}
+                self.outcomes[trial_id] = {**row, "status": "failed", "reason": short_error(exc)}
         self.pending.clear()
 
     def write(self, experiment_dir: Path) -> pd.DataFrame:
@@ -127,21 +137,3 @@ class ExportCallback(tune.Callback):
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
         return table
 
-
-def fastest_variants(bench: pd.DataFrame) -> pd.DataFrame:
-    """Per trained precision: the fastest parity-ok variant and its speedup over eager fp32, at
-    batch 1 and at the largest batch (p50 latencies, median over the trials of that precision)."""
-    if bench.empty or "p50_ms" not in bench:
-        return pd.DataFrame()
-    ok = bench[(bench["parity"] == "ok") & bench["p50_ms"].notna()]
-    ok = ok.assign(precision=ok["precision"] if "precision" in ok else "all")
-    latency = ok.groupby(["precision", "batch_size", "variant"])["p50_ms"].median().reset_index()
-    rows = []
-    for precision, part in latency.groupby("precision"):
-        row: dict[str, Any] = {"precision": precision}
-        for label, batch in (("batch 1", part["batch_size"].min()), ("largest batch", part["batch_size"].max())):
-            at = part[part["batch_size"] == batch].set_index("variant")["p50_ms"]
-            row[f"fastest, {label} ({batch})"] = at.idxmin()
-            row[f"speedup, {label}"] = at.get("eager_fp32", float("nan")) / at.min()
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -8,9 +8,9 @@ import importlib.util
 
 import torch
 
+from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.orchestrator.cluster import effective_address
-from cifar_tune.orchestrator.config import ConfigError, ExperimentConfig
-from cifar_tune.orchestrator.search import expand_trials, searched_values
+from cifar_tune.plan import SearchPlan
 from cifar_tune.precision import device_problem
 
 
@@ -19,7 +19,7 @@ def trial_device(config: ExperimentConfig) -> str:
     return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
 
 
-def preflight(config: ExperimentConfig) -> str:
+def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
     """Raise ConfigError for a plan that cannot run well; return the trials' device type."""
     device = trial_device(config)
     embedded = effective_address(config.ray.address) is None
@@ -28,14 +28,13 @@ def preflight(config: ExperimentConfig) -> str:
             f"resources.gpus_per_trial: {config.resources.gpus_per_trial} but this machine has no usable GPU "
             "and ray.address is null (embedded local Ray); set resources.gpus_per_trial: 0 or join a GPU "
             "cluster with --address")
-    where = "search.precision" if any(k in ("precision", "train.precision") for k in config.search) \
-        else "train.precision"
+    where = "search.precision" if plan.searches("precision") else "train.precision"
     if config.export.enabled:
         missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(f"export.enabled: true needs {', '.join(missing)} (pip install {' '.join(missing)}; "
                               "onnxruntime-gpu on GPU nodes) or set export.enabled: false")
-    for precision in searched_values(config, "precision"):
+    for precision in plan.values("precision"):
         problem = device_problem(precision, device)
         if problem and not config.train.allow_slow_precision:
             raise ConfigError(
@@ -44,10 +43,10 @@ def preflight(config: ExperimentConfig) -> str:
     return device
 
 
-def plan(config: ExperimentConfig) -> str:
+def describe_plan(config: ExperimentConfig, plan: SearchPlan) -> str:
     """What `--dry-run` prints: every trial with its search values and resources."""
-    device = preflight(config)
-    trials = expand_trials(config)
+    device = preflight(config, plan)
+    trials = plan.trials
     res = config.resources
     lines = [
         f"experiment {config.name!r} -> {config.experiment_dir if config.storage_is_local() else config.storage_path}",

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifar_tune.config import ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, augment, normalize
+from cifar_tune.errors import CifarTuneError
 from cifar_tune.models import build_model
+from cifar_tune.names import BEST_FILE, STATE_FILE
 from cifar_tune.precision import device_problem, policy
 
-STATE_FILE = "state.pt"  # everything needed to resume
-BEST_FILE = "best_model.pt"  # the best-validation weights, for testing and export
 CHECK_EVERY = 20  # steps between loss checks: each one syncs the GPU, so not every step
 
 
@@ -36,7 +37,7 @@ class DivergedError(RuntimeError):
     """The loss became inf or NaN; training on would only produce garbage."""
 
 
-class PrecisionUnavailableError(RuntimeError):
+class PrecisionUnavailableError(CifarTuneError):
     """The trial landed on a device that cannot run its precision well."""
 
 
@@ -86,7 +87,8 @@ def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> No
 class Trainer:
     """Trains AlexNet on CIFAR-10 for one (train, model) config, one epoch per call."""
 
-    def __init__(self, train_cfg, model_cfg, data: CifarData, device: torch.device | str = "cpu") -> None:
+    def __init__(self, train_cfg: TrainConfig, model_cfg: ModelConfig, data: CifarData,
+                 device: torch.device | str = "cpu") -> None:
         self.cfg = train_cfg
         self.model_cfg = model_cfg
         self.device = torch.device(device)

@@ -10,8 +10,8 @@ from typing import Any
 
 from ray import tune
 
+from cifar_tune.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.data import CifarData
-from cifar_tune.orchestrator.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.trainables.train import Trainer, pick_device
 
 
@@ -43,5 +43,6 @@ def train_cifar(config: dict[str, Any], data: CifarData) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-        if debug.fail_at_epoch == trainer.epoch < train_cfg.epochs and not resumed:
+        last_epoch = trainer.epoch == train_cfg.epochs
+        if debug.fail_at_epoch == trainer.epoch and not last_epoch and not resumed:
             raise InjectedFailure(f"debug.fail_at_epoch: failing after epoch {trainer.epoch} as asked")

@@ -1,0 +1,60 @@
+"""What an experiment shows: every table of the report, the sentences, and what is missing.
+
+    analysis = analyze(load_experiment("results/study"))
+    analysis.comparison     each precision against fp32
+    analysis.conclusions    one sentence per comparison
+
+The report (report.py) and the W&B analysis run (wandb_report.py) both render this object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from cifar_tune.analysis.load import Experiment
+from cifar_tune.analysis.stats import (
+    aggregate,
+    compare_to_baseline,
+    complete_trials,
+    conclusion,
+    inference_speedups,
+    original_study_table,
+)
+
+
+@dataclass
+class Analysis:
+    """Every table of the report, as DataFrames, plus the sentences and what is missing."""
+
+    experiment: Experiment
+    aggregate: pd.DataFrame
+    comparison: pd.DataFrame
+    original: pd.DataFrame
+    inference: pd.DataFrame
+    conclusions: list[str]
+    missing: list[str] = field(default_factory=list)
+
+
+def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
+    trials, groups = experiment.trials, experiment.group_columns
+    missing = []
+    if trials.empty:
+        missing.append("the experiment has no trials yet")
+    done = complete_trials(trials)
+    not_done = trials.drop(done.index)
+    for _, row in not_done.iterrows():
+        why = f": {row['error']}" if row["error"] else ""
+        missing.append(f"trial {row['trial_id']} ({row['precision']}, seed {row['seed']}) is {row['status']} after "
+                       f"{row['epochs_done']} epoch(s){why}; left out of the statistics")
+    agg = aggregate(trials, groups) if not done.empty else pd.DataFrame()
+    comparison = compare_to_baseline(trials, groups, baseline) if not done.empty else pd.DataFrame()
+    if not done.empty and baseline not in set(done["precision"]):
+        missing.append(f"no finished {baseline} trial: nothing to compare the other precisions with")
+    others = [g for g in groups if g != "precision"]
+    conclusions = [conclusion(row, others) for _, row in comparison.iterrows()]
+    if experiment.bench.empty:
+        missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
+    return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
+                    inference_speedups(experiment.bench), conclusions, missing)

@@ -1,0 +1,414 @@
+"""The experiment schema: typed config sections, search entries, YAML loading, `--set` overrides.
+
+Every section is a pydantic model whose fields carry their help text, so the schema is also the
+config reference (`cifar-tune run --help` prints it). Anything a user can get wrong is rejected
+here, before Ray starts or data is read, with a `ConfigError` that names the key path and the bad
+value; search entries are checked by the experiment's model validator against the fields they set.
+Every other module takes these typed objects; this one imports nothing else of cifar_tune's but
+its names and its error base.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from cifar_tune.errors import CifarTuneError
+from cifar_tune.names import EPOCH_METRICS
+
+PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
+Precision = Literal["fp32", "tf32", "amp_fp16", "amp_bf16"]
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+
+
+class ConfigError(CifarTuneError):
+    """A config problem the user must fix; the message names the key and value.
+
+    Not a ValueError on purpose: raised inside a pydantic validator (the search check), it passes
+    through unchanged with its exact key path instead of being re-wrapped as a ValidationError."""
+
+
+def default_data_root() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(cache, "cifar-tune")
+
+
+class Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default);
+    # assignment is validated so `--set` and search values get the same checks.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    root: str = Field(
+        default_factory=default_data_root,
+        description="Folder holding cifar-10-batches-py/ (or the batch files themselves).",
+    )
+    download: bool = Field(
+        True, description="Download CIFAR-10 with torchvision's downloader when it is absent."
+    )
+    val_size: int = Field(
+        5000, gt=0, lt=50000, description="Training images held out for validation (same for every trial)."
+    )
+    split_seed: int = Field(
+        0, description="Seed of the train/validation split; independent of the trial seed."
+    )
+    train_subset: int | None = Field(
+        None, gt=0, description="Use only the first N training images after the split (quick runs)."
+    )
+    test_subset: int | None = Field(
+        None, gt=0, description="Use only the first N test images (quick runs)."
+    )
+
+    @model_validator(mode="after")
+    def _root_must_exist_without_download(self, info: ValidationInfo) -> DataConfig:
+        # A saved config read back for analysis describes data that may have moved since.
+        if (info.context or {}).get("saved"):
+            return self
+        if not self.download and not Path(self.root).expanduser().exists():
+            raise ValueError(
+                f"data.root {self.root!r} does not exist and data.download is false; "
+                "point data.root at a folder holding cifar-10-batches-py/ or set data.download: true"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    batch_norm: bool = Field(
+        True, description="BatchNorm after every conv (false: the original, normalization-free AlexNet)."
+    )
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before each hidden FC layer.")
+
+
+class TrainConfig(Section):
+    precision: Precision = Field("fp32", description="fp32 | tf32 | amp_fp16 | amp_bf16 (usually searched).")
+    seed: int = Field(0, ge=0, description="Seeds Python, numpy, torch, data order, augmentation, dropout.")
+    epochs: int = Field(30, gt=0, description="Training epochs.")
+    batch_size: int = Field(256, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(1000, gt=0, description="Batch size for validation and test passes.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw.")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adamw: beta1).")
+    nesterov: bool = Field(True, description="Nesterov momentum for sgd.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (decoupled for adamw).")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        "cosine", description="LR schedule, stepped every batch: cosine (after linear warm-up), onecycle, constant."
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length for the cosine schedule.")
+    channels_last: bool = Field(True, description="Run the model in channels_last memory format.")
+    deterministic: bool = Field(False, description="Also force deterministic kernels (slower on GPU).")
+    allow_slow_precision: bool = Field(
+        False,
+        description="Run a precision the device cannot run well (fp16 or tf32 on CPU) instead of rejecting the config.",
+    )
+
+
+class TuneConfigSection(Section):
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo", description="fifo runs every trial to the end; asha stops weak ones early.")
+    metric: str = Field("val_acc", description="Metric the scheduler and the best-trial pick optimize.")
+    mode: Literal["max", "min"] = Field("max", description="Whether the metric is maximized or minimized.")
+    num_samples: int = Field(1, gt=0, description="Times the search grid is repeated (distributions are sampled each time).")
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="Cap on trials running at once (default: as resources allow).")
+    grace_period: int = Field(1, gt=0, description="asha: epochs every trial runs before it can be stopped.")
+    reduction_factor: float = Field(3.0, gt=1, description="asha: keep the top 1/reduction_factor at each rung.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in EPOCH_METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(EPOCH_METRICS)}")
+        return value
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed).")
+    gpus_per_trial: float = Field(
+        0.0, ge=0, le=1, description="GPU share per trial, at most 1 (0.25: four trials share one GPU)."
+    )
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description='null: start an embedded local Ray; "auto" or "ray://host:port": join a cluster.'
+    )
+    max_failures: int = Field(0, ge=-1, description="Retries of a failed trial from its last checkpoint (-1: forever).")
+
+
+class ExportConfig(Section):
+    enabled: bool = Field(True, description="Export, check and benchmark every finished trial's best checkpoint.")
+    gpus: float | None = Field(
+        None, ge=0, le=1, description="GPUs for each export task (null: 1 when the cluster has GPUs, else 0).")
+    cpus: float = Field(1.0, gt=0, description="CPUs reserved for each export task.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for inference (null: the task's CPUs).")
+    batch_sizes: list[int] = Field([1, 64, 512], min_length=1, description="Batch sizes to time.")
+    warmup_runs: int = Field(3, ge=0, description="Untimed runs before timing each variant and batch size.")
+    min_runs: int = Field(10, gt=0, description="Timed runs at least...")
+    min_duration_s: float = Field(1.0, ge=0, description="...and at least this long, per variant and batch size.")
+    fp32_min_agreement: float = Field(
+        0.999, gt=0, le=1, description="fp32 variants: least share of test images predicted as eager fp32 does.")
+    max_accuracy_drop_pp: float = Field(
+        1.0, ge=0, description="bf16/fp16/int8 variants: largest test-accuracy drop vs eager fp32, in points.")
+    calibration_images: int = Field(512, gt=0, description="Training images used to calibrate INT8.")
+    end_to_end: bool = Field(
+        True, description="Also time one DataLoader pass over the test files (the original study's measure).")
+    tensorrt: bool = Field(False, description="Put ONNX Runtime's TensorRT provider first where it is installed.")
+    timeout_s: float = Field(1800, gt=0, description="How long the experiment's end waits for unfinished exports.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"batch sizes must be positive, got {value}")
+        return sorted(set(value))
+
+
+class WandbConfig(Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online with credentials, else offline (sync later); online | offline | disabled.")
+    project: str = Field("cifar-tune", description="W&B project; runs are grouped by experiment name.")
+    entity: str | None = Field(None, description="W&B entity (team or user); null: your default.")
+    tags: list[str] = Field(default_factory=list, description="Extra tags on every run (precision and seed are added).")
+
+
+class DebugConfig(Section):
+    fail_at_epoch: int | None = Field(
+        None, gt=0, description="Testing aid: a trial raises once, right after checkpointing this epoch."
+    )
+    fail_export_seed: int | None = Field(
+        None, description="Testing aid: the export task of every trial with this seed raises.")
+
+
+
+# --------------------------------------------------------------------------- search entries
+
+SEARCHABLE: dict[str, type[BaseModel]] = {"train": TrainConfig, "model": ModelConfig}
+
+
+def resolve_search_key(key: str) -> tuple[str, str]:
+    """'lr' -> ('train', 'lr'); 'model.dropout' -> ('model', 'dropout')."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section in SEARCHABLE and name in SEARCHABLE[section].model_fields:
+            return section, name
+    else:
+        owners = [s for s, cls in SEARCHABLE.items() if key in cls.model_fields]
+        if len(owners) == 1:
+            return owners[0], key
+    known = sorted(f for cls in SEARCHABLE.values() for f in cls.model_fields)
+    raise ConfigError(f"search.{key}: not a train or model key; searchable keys: {', '.join(known)}")
+
+
+def _check_search_value(base: BaseModel, field: str, value: Any, where: str) -> Any:
+    """Validate one candidate value against the field it sets; returns the coerced value."""
+    try:
+        checked = type(base).model_validate({**base.model_dump(), field: value})
+    except ValidationError as exc:
+        # Reported at the search key (`search.lr[1]`), not at `train.lr`.
+        messages = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+        raise ConfigError(f"{where}: {'; '.join(messages)} (got {value!r})") from None
+    return getattr(checked, field)
+
+
+def check_search_entry(key: str, spec: Any, base: BaseModel) -> list[Any] | dict[str, list[Any]]:
+    """One `search:` entry checked against its field (`base` is the train or model section);
+    returns it in canonical form: a list of coerced values, or {distribution: [coerced args]}."""
+    field = resolve_search_key(key)[1]
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"search.{key}: empty list (give at least one value)")
+        return [_check_search_value(base, field, v, f"search.{key}[{i}]") for i, v in enumerate(spec)]
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
+        raise ConfigError(f"search.{key}: expected a list of values or a mapping with one of "
+                          f"{', '.join(DISTRIBUTIONS)} (got {spec!r})")
+    kind, args = next(iter(spec.items()))
+    if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
+        raise ConfigError(f"search.{key}.{kind}: expected a list "
+                          f"{'of values' if kind == 'choice' else '[low, high]'} (got {args!r})")
+    values = [_check_search_value(base, field, v, f"search.{key}.{kind}[{i}]") for i, v in enumerate(args)]
+    if kind != "choice":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"search.{key}.{kind}: {key} is not numeric; use a list or "
+                              f"{{choice: [...]}} (got {args!r})")
+        if not values[0] < values[1]:
+            raise ConfigError(f"search.{key}.{kind}: low must be below high (got {args!r})")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ConfigError(f"search.{key}.loguniform: bounds must be positive (got {args!r})")
+    return {kind: values}
+
+
+class ExperimentConfig(Section):
+    name: str = Field("cifar-tune", description="Experiment name; results go to <storage_path>/<name>/.")
+    storage_path: str = Field("./results", description="Where experiments are written (shared or cloud storage on a cluster).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Search dimensions: a train/model key mapped to a list (grid) or {uniform|loguniform|randint|choice: [...]}.",
+    )
+    tune: TuneConfigSection = Field(default_factory=TuneConfigSection)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_search(self) -> ExperimentConfig:
+        # Runs after train and model are valid, so each search value is checked against them.
+        # Updated in place: assigning would re-run this validator (validate_assignment).
+        checked = {key: check_search_entry(key, spec, getattr(self, resolve_search_key(key)[0]))
+                   for key, spec in self.search.items()}
+        self.search.update(checked)
+        return self
+
+    @property
+    def experiment_dir(self) -> Path:
+        """`<storage_path>/<name>` as an absolute local path (local storage only)."""
+        return Path(self.storage_path).expanduser().resolve() / self.name
+
+    def storage_is_local(self) -> bool:
+        return "://" not in self.storage_path
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """'did you mean' for an unknown key, from the fields of the section it sits in."""
+    section: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def format_validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        where = _key_path(loc) or "config"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (got {err['input']!r}){_suggest(loc)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {err['input']!r})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=0.1' -> ('train.lr', 0.1); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw config dict, creating sections as needed."""
+    for text in overrides:
+        key, value = parse_override(text)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section (it holds {child!r})")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw dict (YAML already parsed) into an ExperimentConfig."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def validate_section(section: type[BaseModel], raw: dict[str, Any], name: str) -> Any:
+    """Validate one section on its own (e.g. `cifar-tune bench --set`), errors named `name.key`."""
+    try:
+        return section.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, (name,))) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file, apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def load_saved_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+    """An experiment's saved config (cifar_tune_config.yaml) read back, for analysis or export.
+    It was valid when saved; only data.root is not checked, as the data may have moved since."""
+    try:
+        return ExperimentConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {},
+                                               context={"saved": True})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def dump_config(config: ExperimentConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def describe_schema() -> str:
+    """The config reference: every key, its default and its help text."""
+    lines = []
+    for name, field in ExperimentConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.append(f"{name}:")
+            for sub, subfield in annotation.model_fields.items():
+                default = subfield.get_default(call_default_factory=True)
+                lines.append(f"  {sub}: {default!r:<14} # {subfield.description}")
+        else:
+            lines.append(f"{name}: {field.get_default(call_default_factory=True)!r:<16} # {field.description}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""The search plan: what an experiment will run, derived once from a validated config.
+
+    plan = SearchPlan.of(config)
+    plan.columns        ['precision', 'seed']: the searched keys, as result-table columns
+    plan.trials         one dict per trial Tune will run (grids crossed, num_samples repeats)
+    plan.values("precision")   every value a train/model field takes in this experiment
+    plan.max_epochs     the longest trial, the ASHA scheduler's horizon
+
+The orchestrator turns `plan.entries` into Tune's param_space; the preflight checks every
+precision in it; results and analysis use `plan.columns`. Nothing re-derives it from the config.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from cifar_tune.config import ExperimentConfig, resolve_search_key
+
+
+@dataclass(frozen=True)
+class SearchEntry:
+    """One `search:` key: the field it sets, and a grid (list) or a distribution ({kind: args})."""
+
+    section: str  # "train" or "model"
+    field: str
+    spec: list[Any] | dict[str, list[Any]]
+
+    @property
+    def is_grid(self) -> bool:
+        return isinstance(self.spec, list)
+
+    def describe(self) -> str:
+        """How a sampled entry is shown before sampling: 'loguniform(0.001, 0.1)'."""
+        kind, args = next(iter(self.spec.items()))  # type: ignore[union-attr]
+        return f"{kind}{tuple(args)}"
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    entries: tuple[SearchEntry, ...]
+    trials: tuple[dict[str, Any], ...]
+    defaults: dict[str, Any]  # every train and model field's configured value
+    num_samples: int
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> SearchPlan:
+        entries = tuple(SearchEntry(*resolve_search_key(key), spec) for key, spec in config.search.items())
+        grids = [e for e in entries if e.is_grid]
+        sampled = {e.field: e.describe() for e in entries if not e.is_grid}
+        trials = []
+        for _ in range(config.tune.num_samples):
+            for combo in itertools.product(*(e.spec for e in grids)):
+                trials.append({**{e.field: v for e, v in zip(grids, combo, strict=True)}, **sampled})
+        defaults = {**config.model.model_dump(), **config.train.model_dump()}
+        return cls(entries, tuple(trials), defaults, config.tune.num_samples)
+
+    @property
+    def columns(self) -> list[str]:
+        """Result-table column names of the searched keys ('precision', 'seed', 'lr', ...)."""
+        return [e.field for e in self.entries]
+
+    def values(self, field: str) -> list[Any]:
+        """Every value a train/model field can take (its configured value when not searched;
+        the bounds are not values, so a continuous distribution gives [])."""
+        for entry in self.entries:
+            if entry.field == field:
+                if entry.is_grid:
+                    return list(dict.fromkeys(entry.spec))
+                kind, args = next(iter(entry.spec.items()))  # type: ignore[union-attr]
+                return list(args) if kind == "choice" else []
+        return [self.defaults[field]]
+
+    @property
+    def max_epochs(self) -> int:
+        for entry in self.entries:
+            if entry.field == "epochs" and not entry.is_grid:
+                return int(max(next(iter(entry.spec.values()))))  # type: ignore[union-attr]
+        return int(max(self.values("epochs")))
+
+    def searches(self, field: str) -> bool:
+        return any(e.field == field for e in self.entries)
+
+
+def search_value(trial_config: dict[str, Any], column: str) -> Any:
+    """A searched field's value in a trial config (it sits in the train or the model section)."""
+    for section in ("train", "model"):
+        if column in (trial_config.get(section) or {}):
+            return trial_config[section][column]
+    return None

@@ -1,0 +1,65 @@
+"""Experiments written by an earlier version still analyze and resume (tests/fixtures/experiment-v0.1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cifar_tune.analysis import analyze_experiment, load_experiment
+from cifar_tune.orchestrator.experiment import resume_experiment
+
+from cifar_files import write_cifar
+
+FIXTURE = Path(__file__).parent / "fixtures" / "experiment-v0.1"
+# Where the 0.1 run read its data: its saved config and its pickled export callback both name it.
+FIXTURE_DATA = Path("/tmp/cifar-tune-v0.1-fixture-data")
+
+
+@pytest.fixture
+def old_experiment(tmp_path: Path) -> Path:
+    copy = tmp_path / "moved" / FIXTURE.name  # not where it was written: paths must follow the folder
+    shutil.copytree(FIXTURE, copy)
+    return copy
+
+
+@pytest.fixture
+def fixture_data() -> Iterator[Path]:
+    made = not FIXTURE_DATA.exists()
+    if made:
+        write_cifar(FIXTURE_DATA, per_batch=100, n_test=100)
+    try:
+        yield FIXTURE_DATA
+    finally:
+        if made:
+            shutil.rmtree(FIXTURE_DATA, ignore_errors=True)
+
+
+def test_old_experiment_analyzes_from_its_files(old_experiment: Path, tmp_path: Path) -> None:
+    exp = load_experiment(old_experiment)  # its data folder is long gone: analysis must not need it
+    assert sorted(exp.trials["status"]) == ["TERMINATED", "UNFINISHED"]
+    finished = exp.trials[exp.trials["status"] == "TERMINATED"].iloc[0]
+    assert finished["seed"] == 0 and finished["test_acc"] == 1.0 and finished["epochs_done"] == 1
+    assert set(exp.bench["variant"]) >= {"eager_fp32", "onnx_fp32", "onnx_int8"}
+    analysis, written = analyze_experiment(old_experiment, tmp_path / "report", wandb_mode="disabled")
+    report = written["report.md"].read_text()
+    assert "is UNFINISHED after 0 epoch(s)" in report and "onnx_int8" in report
+
+
+@pytest.mark.usefixtures("ray_for_tests")
+def test_old_interrupted_experiment_resumes_where_it_was_moved(old_experiment: Path, fixture_data: Path) -> None:
+    before = (next(old_experiment.glob("*seed=0*")) / "result.json").read_text()
+    outcome = resume_experiment(old_experiment, quiet=True)
+    assert list(outcome.table["status"]) == ["TERMINATED", "TERMINATED"]
+    assert (next(old_experiment.glob("*seed=0*")) / "result.json").read_text() == before  # not rerun
+    # Everything lands in the moved folder, exports of both runs merged.
+    results = pd.read_csv(old_experiment / "results.csv")
+    assert list(results["status"]) == ["TERMINATED", "TERMINATED"]
+    assert all(str(old_experiment) in p for p in results["path"])
+    exports = json.loads((old_experiment / "exports.json").read_text())
+    assert sorted(e["seed"] for e in exports.values()) == [0, 1]
+    assert set(pd.read_csv(old_experiment / "bench.csv")["seed"]) == {0, 1}

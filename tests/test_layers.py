@@ -1,0 +1,181 @@
+"""The architecture, checked: layers point one way, no import cycles (not even inside functions),
+and importing cifar_tune changes nothing in the process."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cifar_tune"
+
+# Top to bottom; a module may import its own layer or any layer below it, never one above.
+LAYERS = [
+    ("cli", ["cifar_tune", "cifar_tune.orchestrator.cli"]),  # the package root is the API facade
+    ("orchestrator", ["cifar_tune.orchestrator"]),
+    ("analysis", ["cifar_tune.analysis"]),
+    ("bench/export", ["cifar_tune.bench", "cifar_tune.export"]),
+    ("trainables", ["cifar_tune.trainables"]),
+    ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config",
+              "cifar_tune.plan", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking"]),
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _layer(module: str) -> int:
+    """Index into LAYERS (0 = top) of the most specific prefix that names the module."""
+    best, rank = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), index
+    assert rank is not None, f"{module} is in no layer: add it to LAYERS in {__file__}"
+    return rank
+
+
+def _imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """cifar_tune modules imported anywhere in the file, function bodies included."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "cifar_tune"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "cifar_tune":
+                continue
+            for alias in node.names:  # `from cifar_tune import names` imports the module cifar_tune.names
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return found - {module}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+
+
+def test_layers_point_one_way() -> None:
+    wrong = [f"{a} ({LAYERS[_layer(a)][0]}) imports {b} ({LAYERS[_layer(b)][0]})"
+             for a, targets in _graph().items() for b in targets if _layer(b) < _layer(a)]
+    assert not wrong, "imports of a higher layer:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles() -> None:
+    graph = _graph()
+    # A package's __init__ re-exporting its submodules is not a cycle: Python imports a parent
+    # package before its children, never the other way round.
+    edges = {a: {b for b in targets if not a.startswith(b + ".")} for a, targets in graph.items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_module_has_a_docstring_saying_what_it_owns() -> None:
+    missing = [name for name, path in _modules().items() if not ast.get_docstring(ast.parse(path.read_text()))]
+    assert not missing, missing
+
+
+SNAPSHOT = textwrap.dedent("""
+    import json, logging, os, signal, sys, warnings
+    # Third-party libraries first: some add warning filters of their own when imported.
+    import torch, torchvision, ray, ray.tune, ray.air.integrations.wandb, pandas, matplotlib, matplotlib.figure
+    import scipy.stats, sympy, onnx, onnxruntime, yaml, pydantic
+
+    def state():
+        return {
+            "env": dict(os.environ),
+            "torch": [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                      torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                      torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
+                      torch.get_num_threads(), str(torch.get_default_dtype())],
+            "ray_initialized": ray.is_initialized(),
+            "pyplot_loaded": "matplotlib.pyplot" in sys.modules,
+            "matplotlib_backend": matplotlib.rcParams._get("backend"),
+            "warning_filters": len(warnings.filters),
+            "root_log_handlers": len(logging.getLogger().handlers),
+            "sigint": str(signal.getsignal(signal.SIGINT)),
+        }
+
+    before = state()
+    import importlib, pkgutil, cifar_tune
+    for info in pkgutil.walk_packages(cifar_tune.__path__, "cifar_tune."):
+        importlib.import_module(info.name)
+    after = state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if "env" in changed:
+        b, a = changed["env"]
+        changed["env"] = {k: (b.get(k), a.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    print(json.dumps(changed, default=str))
+""")
+
+
+def test_importing_every_module_changes_nothing_in_the_process(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a" * 32)  # a machine that once ran `ray start`
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "TUNE_"))}
+    result = subprocess.run([sys.executable, "-c", SNAPSHOT], capture_output=True, text=True, timeout=300,
+                            env={**env, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_ray_imported_first_then_cifar_tune_then_a_local_ray(tmp_path: Path) -> None:
+    """The notebook order that used to fail with InvalidAuthToken on a machine holding a token."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("b" * 32)
+    script = textwrap.dedent("""
+        import ray
+        import cifar_tune.models, cifar_tune.orchestrator.experiment
+        ray.init(num_cpus=1, include_dashboard=False)
+        print("RESULT", ray.get(ray.remote(lambda: 41 + 1).remote()))
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**env, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESULT 42" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["cifar_tune.orchestrator.config"])
+def test_old_module_paths_still_unpickle(name: str) -> None:
+    """Experiments written before 0.2 pickled config objects under the old module path."""
+    import importlib
+    import pickle
+
+    from cifar_tune.config import ExperimentConfig
+
+    old = importlib.import_module(name)
+    assert old.ExperimentConfig is ExperimentConfig
+    config = ExperimentConfig()
+    assert pickle.loads(pickle.dumps(config)) == config
