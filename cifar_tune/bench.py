@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cifar_tune.config import DataConfig, ExportConfig, load_saved_config
-from cifar_tune.data import MEAN, STD, TorchvisionCIFAR10, batches_dir, load_data, normalize
+from cifar_tune.data import MEAN, STD, DataError, TorchvisionCIFAR10, batches_dir, load_data, normalize
 from cifar_tune.errors import CifarTuneError, short_error
 from cifar_tune.export import Variant, build_variants, load_best_model
 from cifar_tune.names import (
@@ -36,20 +36,26 @@ from cifar_tune.names import (
     PARITY_FILE,
     TRIAL_PARAMS_FILE,
 )
+from cifar_tune.precision import policy
 
 
-def environment(device: torch.device, threads: int) -> dict[str, Any]:
+def environment(threads: int) -> dict[str, Any]:
+    """Versions and settings every row carries (the device's name goes per row: an onnx_int8 row
+    runs on the CPU even when the others ran on a GPU)."""
     import onnx
     import onnxruntime
 
     return {
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "onnx_version": onnx.__version__,
         "threads": threads,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def cpu_name() -> str:
@@ -152,19 +158,29 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
     channels_last = False
     images = normalize(test_x, channels_last)
     calibration = normalize(calibration_x[: settings.calibration_images], channels_last)
-    variants, failed = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt)
+    # Strict fp32 while building and timing: on CUDA, cuDNN's TF32 is on by default, which would run
+    # the "fp32" rows (and the parity reference) in TF32. Autocast variants are unaffected.
+    with policy("fp32").backend_flags():
+        return _bench_variants(checkpoint_dir, out_dir, model, meta, images, test_y, calibration, settings, device,
+                               threads, data_root)
 
+
+def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.Module, meta: dict[str, Any],
+                    images: torch.Tensor, test_y: torch.Tensor, calibration: torch.Tensor, settings: ExportConfig,
+                    device: torch.device, threads: int, data_root: str | None) -> dict[str, Any]:
+    variants, failed = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt)
     reference = logits_of(variants[0], images)
     parity_rows = [parity(v, images, test_y, reference, settings) for v in variants]
     parity_rows += [{"variant": name, "status": "export_failed", "reason": reason} for name, reason in failed.items()]
     status = {row["variant"]: row["status"] for row in parity_rows}
 
-    env = environment(device, threads)
+    env = environment(threads)
     bench_rows = []
     for variant in variants:
         for batch_size in settings.batch_sizes:
             row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
-                   "device": str(variant.device), "parity": status[variant.name], **env}
+                   "device": str(variant.device), "device_name": device_name(variant.device),
+                   "parity": status[variant.name], **env}
             try:
                 row.update(latency(variant, batch_size, settings))
             except Exception as exc:  # e.g. out of memory at the largest batch
@@ -173,7 +189,8 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
     e2e = end_to_end(variants, data_root) if settings.end_to_end else []
 
     summary = {"checkpoint": str(checkpoint_dir), "best_val_acc": meta.get("val_acc"),
-               "best_epoch": meta.get("epoch"), "trained_precision": meta.get("precision"), **env}
+               "best_epoch": meta.get("epoch"), "trained_precision": meta.get("precision"),
+               "device_name": device_name(device), **env}
     (out_dir / PARITY_FILE).write_text(json.dumps({**summary, "variants": parity_rows}, indent=2))
     (out_dir / BENCH_FILE).write_text(json.dumps({**summary, "results": bench_rows, "end_to_end": e2e}, indent=2))
     return {"parity": parity_rows, "bench": bench_rows, "end_to_end": e2e, "failed": failed}
@@ -213,7 +230,11 @@ def bench_path(path: str | Path, data_config: DataConfig | None = None, settings
             raise BenchPathError(f"{path}: no {CONFIG_FILE} beside the trial to find the data; pass --data-root")
         data_config = load_saved_config(saved).data
     settings = settings or ExportConfig()
-    data = load_data(data_config)
+    try:
+        data = load_data(data_config.model_copy(update={"download": False}))
+    except DataError as exc:
+        raise BenchPathError(f"bench needs the CIFAR-10 test images, and data.root {data_config.root!r} has none "
+                             f"({exc}); pass --data-root /path/to/folder-with-cifar-10-batches-py") from None
     out = Path(out_dir) if out_dir else (trial or checkpoint) / EXPORT_DIR
     return bench_checkpoint(checkpoint, out, data.test_x, data.test_y, data.train_x, settings,
                             threads=settings.threads, data_root=data_config.root)

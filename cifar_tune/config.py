@@ -25,6 +25,7 @@ from cifar_tune.names import EPOCH_METRICS
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 Precision = Literal["fp32", "tf32", "amp_fp16", "amp_bf16"]
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+AUTO = "auto"  # `search.precision: auto`: every precision the trials' device runs well
 
 
 class ConfigError(CifarTuneError):
@@ -87,7 +88,8 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    precision: Precision = Field("fp32", description="fp32 | tf32 | amp_fp16 | amp_bf16 (usually searched).")
+    precision: Precision = Field(
+        "fp32", description="fp32 | tf32 | amp_fp16 | amp_bf16 (usually searched, or search.precision: auto).")
     seed: int = Field(0, ge=0, description="Seeds Python, numpy, torch, data order, augmentation, dropout.")
     epochs: int = Field(30, gt=0, description="Training epochs.")
     batch_size: int = Field(256, gt=0, description="Training batch size.")
@@ -106,15 +108,15 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="Also force deterministic kernels (slower on GPU).")
     allow_slow_precision: bool = Field(
         False,
-        description="Run a precision the device cannot run well (fp16 or tf32 on CPU) instead of rejecting the config.",
+        description="Run a precision the device cannot run well (e.g. emulated bf16 or fp16 on a CPU) instead of refusing it.",
     )
 
 
 class TuneConfigSection(Section):
     scheduler: Literal["fifo", "asha"] = Field(
         "fifo", description="fifo runs every trial to the end; asha stops weak ones early.")
-    metric: str = Field("val_acc", description="Metric the scheduler and the best-trial pick optimize.")
-    mode: Literal["max", "min"] = Field("max", description="Whether the metric is maximized or minimized.")
+    metric: str = Field("val_acc", description="Metric the scheduler and the best-trial pick optimize (any per-epoch metric).")
+    mode: Literal["max", "min"] = Field("max", description="max | min: whether the metric is maximized or minimized.")
     num_samples: int = Field(1, gt=0, description="Times the search grid is repeated (distributions are sampled each time).")
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="Cap on trials running at once (default: as resources allow).")
@@ -138,7 +140,7 @@ class ResourcesConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(
-        None, description='null: start an embedded local Ray; "auto" or "ray://host:port": join a cluster.'
+        None, description='null: embedded local Ray; "auto", "host:port" or "ray://host:port": join a cluster.'
     )
     max_failures: int = Field(0, ge=-1, description="Retries of a failed trial from its last checkpoint (-1: forever).")
 
@@ -146,7 +148,8 @@ class RayConfig(Section):
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Export, check and benchmark every finished trial's best checkpoint.")
     gpus: float | None = Field(
-        None, ge=0, le=1, description="GPUs for each export task (null: 1 when the cluster has GPUs, else 0).")
+        None, ge=0, le=1,
+        description="GPUs for each export task (null: the trials' GPU share, or 1 if they use none; 0 without GPUs).")
     cpus: float = Field(1.0, gt=0, description="CPUs reserved for each export task.")
     threads: int | None = Field(None, gt=0, description="CPU threads for inference (null: the task's CPUs).")
     batch_sizes: list[int] = Field([1, 64, 512], min_length=1, description="Batch sizes to time.")
@@ -161,7 +164,8 @@ class ExportConfig(Section):
     end_to_end: bool = Field(
         True, description="Also time one DataLoader pass over the test files (the original study's measure).")
     tensorrt: bool = Field(False, description="Put ONNX Runtime's TensorRT provider first where it is installed.")
-    timeout_s: float = Field(1800, gt=0, description="How long the experiment's end waits for unfinished exports.")
+    timeout_s: float = Field(
+        1800, gt=0, description="How long the experiment's end waits for the next unfinished export to finish.")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -222,12 +226,15 @@ def check_search_entry(key: str, spec: Any, base: BaseModel) -> list[Any] | dict
     """One `search:` entry checked against its field (`base` is the train or model section);
     returns it in canonical form: a list of coerced values, or {distribution: [coerced args]}."""
     field = resolve_search_key(key)[1]
+    if field == "precision" and spec == AUTO:
+        return AUTO  # expanded by the preflight, which knows the trials' device
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"search.{key}: empty list (give at least one value)")
         return [_check_search_value(base, field, v, f"search.{key}[{i}]") for i, v in enumerate(spec)]
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
-        raise ConfigError(f"search.{key}: expected a list of values or a mapping with one of "
+        also = " (or, for precision, auto)" if field == "precision" else ""
+        raise ConfigError(f"search.{key}: expected a list of values{also} or a mapping with one of "
                           f"{', '.join(DISTRIBUTIONS)} (got {spec!r})")
     kind, args = next(iter(spec.items()))
     if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
@@ -246,14 +253,14 @@ def check_search_entry(key: str, spec: Any, base: BaseModel) -> list[Any] | dict
 
 
 class ExperimentConfig(Section):
-    name: str = Field("cifar-tune", description="Experiment name; results go to <storage_path>/<name>/.")
+    name: str = Field("cifar-tune", description="Experiment name; results go to <storage_path>/<name>/ (letters, digits, . _ -).")
     storage_path: str = Field("./results", description="Where experiments are written (shared or cloud storage on a cluster).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: dict[str, Any] = Field(
         default_factory=dict,
-        description="Search dimensions: a train/model key mapped to a list (grid) or {uniform|loguniform|randint|choice: [...]}.",
+        description="A train/model key mapped to a list (grid) or {uniform|loguniform|randint|choice: [...]}; precision: auto.",
     )
     tune: TuneConfigSection = Field(default_factory=TuneConfigSection)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
@@ -399,16 +406,24 @@ def dump_config(config: ExperimentConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str) and value.startswith(os.path.expanduser("~") + os.sep):
+        value = "~" + value[len(os.path.expanduser("~")):]  # the default data root, as any user reads it
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+
 def describe_schema() -> str:
-    """The config reference: every key, its default and its help text."""
+    """The config reference as YAML: every key, its default and its help text. The README's
+    config block is this text (tests/test_docs.py), and `cifar-tune run --help` prints it."""
     lines = []
     for name, field in ExperimentConfig.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             lines.append(f"{name}:")
-            for sub, subfield in annotation.model_fields.items():
-                default = subfield.get_default(call_default_factory=True)
-                lines.append(f"  {sub}: {default!r:<14} # {subfield.description}")
+            fields = [(f"  {sub}", sub_field) for sub, sub_field in annotation.model_fields.items()]
         else:
-            lines.append(f"{name}: {field.get_default(call_default_factory=True)!r:<16} # {field.description}")
+            fields = [(name, field)]
+        for key, item in fields:
+            default = "{}" if name == "search" else _yaml_value(item.get_default(call_default_factory=True))
+            lines.append(f"{f'{key}: {default}':<25} # {item.description}")
     return "\n".join(lines)

@@ -132,11 +132,13 @@ class OrtVariant(Variant):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the CUDA->CPU fallback is detected below, not logged
-        wanted = ["CPUExecutionProvider"]
+        wanted: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
-            wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            # Strict fp32 (ORT's CUDA provider enables TF32 by default), on the GPU IO binding uses.
+            cuda_options = {"device_id": device.index or 0, "use_tf32": 0}
+            wanted = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
             if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
-                wanted.insert(0, "TensorrtExecutionProvider")
+                wanted.insert(0, ("TensorrtExecutionProvider", {"device_id": device.index or 0}))
         self.session = ort.InferenceSession(str(path), options, providers=wanted)
         actual = self.session.get_providers()[0]
         # onnxruntime-gpu falls back to CPU silently: believe the session, not the request.
@@ -169,6 +171,17 @@ class OrtVariant(Variant):
         return torch.as_tensor(output).float().cpu()
 
 
+def ort_providers() -> list[str]:
+    """ONNX Runtime's providers in this process, after loading the CUDA/cuDNN libraries that
+    onnxruntime-gpu needs (from the nvidia-* wheels torch brought) where it can."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in ort.get_available_providers():
+        with contextlib.suppress(Exception):  # a CPU-only machine: nothing to load
+            ort.preload_dlls()
+    return ort.get_available_providers()
+
+
 # --------------------------------------------------------------------------- building files
 
 
@@ -196,10 +209,17 @@ def save_onnx(model: torch.nn.Module, path: Path) -> Path:
 
 
 def save_onnx_fp16(fp32_path: Path, path: Path) -> Path:
+    """fp16 weights and math, fp32 inputs and outputs (Cast nodes at the edges)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    # keep_io_types appends the input Cast at the end of the node list; the checker (and some
+    # runtimes) need topological order (onnxconverter-common issues 208, 256).
+    sorted_model = OnnxModel(model)
+    sorted_model.topological_sort()
+    model = sorted_model.model
     onnx.save(model, str(path))
     onnx.checker.check_model(onnx.load(str(path)))
     return path
@@ -233,6 +253,8 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     """Write the export files into out_dir and return every variant that could be built on `device`,
     plus {variant name: reason} for those that could not (an export exception is recorded, not raised)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        ort_providers()  # load onnxruntime-gpu's CUDA libraries before the first session
     variants: list[Variant] = [EagerVariant(REFERENCE_VARIANT, copy.deepcopy(model), device)]
     failed: dict[str, str] = {}
 
@@ -256,6 +278,10 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
         return variants, failed
     attempt("onnx_fp32", lambda: OrtVariant("onnx_fp32", "fp32", onnx_path, device, threads, tensorrt))
     on_gpu = any(v.name == "onnx_fp32" and v.device.type == "cuda" for v in variants)
+    if device.type == "cuda" and not on_gpu:
+        failed["onnx_fp16"] = ("onnxruntime here has no working CUDA provider (onnx_fp32 ran on the CPU instead); "
+                               f"providers: {', '.join(ort_providers())}. Install onnxruntime-gpu in place of "
+                               "onnxruntime (README: GPU nodes)")
     if on_gpu:
         attempt("onnx_fp16", lambda: OrtVariant("onnx_fp16", "fp16", save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE),
                                                 device, threads, tensorrt))

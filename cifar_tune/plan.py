@@ -16,7 +16,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from cifar_tune.config import ExperimentConfig, resolve_search_key
+from cifar_tune.config import AUTO, ExperimentConfig, resolve_search_key
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class SearchPlan:
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> SearchPlan:
+        """The plan of a config whose `search.precision: auto` (if any) is already expanded for the
+        trials' device (`cifar_tune.orchestrator.preflight.resolve_precisions`)."""
+        if any(spec == AUTO for spec in config.search.values()):
+            raise ValueError("search.precision: auto must be expanded for the trials' device before planning")
         entries = tuple(SearchEntry(*resolve_search_key(key), spec) for key, spec in config.search.items())
         grids = [e for e in entries if e.is_grid]
         sampled = {e.field: e.describe() for e in entries if not e.is_grid}

@@ -13,6 +13,7 @@ that would crawl is refused up front rather than discovered an hour in.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,18 @@ class PrecisionPolicy:
         torch.backends.cuda.matmul.allow_tf32 = self.allow_tf32
         torch.backends.cudnn.allow_tf32 = self.allow_tf32
         torch.set_float32_matmul_precision("high" if self.allow_tf32 else "highest")
+
+    @contextlib.contextmanager
+    def backend_flags(self) -> Iterator[None]:
+        """This precision's TF32 switches for the block, the process's own restored afterwards."""
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                 torch.get_float32_matmul_precision())
+        self.apply_backend_flags()
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+            torch.set_float32_matmul_precision(saved[2])
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -77,3 +90,24 @@ def device_problem(precision: str, device: str) -> str | None:
     if precision == "amp_bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return f"{name} (compute capability {major}.x) has no native bf16; it needs 8.0 or newer"
     return None
+
+
+def well_run_precisions(device: str) -> tuple[list[str], dict[str, str]]:
+    """What `search.precision: auto` expands to on `device` ("cpu" or "cuda"): the precisions it
+    runs well, and {each one left out: why}. Decided from this machine's torch, at run time.
+
+    For "cuda" without a GPU visible here (a driver steering a remote GPU cluster), tf32 and
+    amp_bf16 depend on a compute capability that cannot be read from here, so they are left out;
+    list them explicitly to run them."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        unknown = "the GPU's compute capability (8.0+ needed) cannot be read from a process without a GPU; " \
+                  "list it explicitly to run it"
+        return ["fp32", "amp_fp16"], {"tf32": unknown, "amp_bf16": unknown}
+    kept, left_out = [], {}
+    for name in POLICIES:
+        problem = device_problem(name, device)
+        if problem is None:
+            kept.append(name)
+        else:
+            left_out[name] = problem
+    return kept, left_out

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -46,8 +46,25 @@ def offline_note(folder: Path) -> str:
             f"upload later with `wandb sync {folder / 'wandb'}/offline-run-*`")
 
 
+class _ClosingWandbLoggingActor(_WandbLoggingActor):
+    """Ray's per-trial logging actor, which also waits for W&B to close the run's files.
+
+    Ray kills the actor as soon as `run()` returns, i.e. right after wandb.finish(); the wandb-core
+    process may then still be writing the run file (seen here: a 7-byte offline run, read back as
+    empty). wandb.teardown() returns once that process has flushed and exited."""
+
+    def run(self) -> Any:
+        try:
+            return super().run()
+        finally:
+            self._wandb.teardown()
+
+
 class TaggedWandbLoggerCallback(WandbLoggerCallback):
-    """Ray's W&B callback, plus tags from each trial's precision and seed."""
+    """Ray's W&B callback, plus tags from each trial's precision and seed; its logging actors
+    close their runs completely before Ray ends them."""
+
+    _logger_actor_cls = _ClosingWandbLoggingActor  # Ray's hook for the actor class
 
     def __init__(self, *args: Any, extra_tags: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cifar_tune.config import ExperimentConfig, validate_config
+from cifar_tune.config import ExperimentConfig, describe_schema, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,12 @@ def _yaml_keys(node: dict, prefix: str = "") -> set[str]:
         else:
             keys.add(prefix + name)
     return keys
+
+
+def test_readme_config_reference_is_the_schema_text() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Config reference.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    assert block.strip() == describe_schema(), "regenerate the README block from cifar_tune.config.describe_schema()"
 
 
 def test_readme_config_reference_lists_every_key_with_its_default() -> None:

@@ -126,6 +126,18 @@ def test_a_failing_export_is_recorded_and_the_rest_still_run(trained, tmp_path: 
     assert statuses["onnx_fp32"] == "export_failed" and statuses["torchscript"] == "ok"
 
 
+def test_bench_without_test_images_names_the_flag(trained, tmp_path: Path, capsys) -> None:
+    trial, _ = trained
+    experiment = tmp_path / "exp"
+    (experiment / "train_cifar_x").mkdir(parents=True)
+    (experiment / "train_cifar_x" / "params.json").write_text("{}")
+    (experiment / "train_cifar_x" / "checkpoint_000001").symlink_to(trial / "checkpoint_000001")
+    (experiment / "cifar_tune_config.yaml").write_text(f"data:\n  root: {tmp_path / 'gone'}\n  download: false\n")
+    assert main(["bench", str(experiment / "train_cifar_x")]) == 2
+    err = capsys.readouterr().err
+    assert "bench needs the CIFAR-10 test images" in err and "--data-root" in err and "Traceback" not in err
+
+
 def test_parity_failure_is_marked(trained) -> None:
     from cifar_tune.bench import logits_of, parity
     from cifar_tune.export import EagerVariant, load_best_model

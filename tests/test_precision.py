@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cifar_tune.config import ConfigError, validate_config
-from cifar_tune.orchestrator.preflight import describe_plan, preflight
+from cifar_tune.orchestrator.preflight import describe_plan, preflight, resolve_precisions
 from cifar_tune.plan import SearchPlan
-from cifar_tune.precision import POLICIES, device_problem, policy
+from cifar_tune.precision import POLICIES, device_problem, policy, well_run_precisions
 
 
 def _preflight(raw: dict) -> str:
@@ -81,3 +81,43 @@ def test_plan_lists_trials_and_resources(tiny_raw) -> None:
     text = describe_plan(config, SearchPlan.of(config))
     assert "4 trial(s) x 3 epoch(s) on cpu" in text and "1 CPU, 0 GPU" in text
     assert text.count("  trial ") == 4 and "precision=amp_bf16, seed=1" in text
+
+
+def _simulate_cpu(monkeypatch, bf16: bool, amx_fp16: bool = False) -> None:
+    """A CPU with or without native bf16, whatever this machine is (torch's capability queries)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16)
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, ["fp32", "amp_bf16"]), (False, ["fp32"])])
+def test_auto_precision_is_what_this_cpu_runs_well(monkeypatch, bf16: bool, expected: list[str]) -> None:
+    _simulate_cpu(monkeypatch, bf16)
+    kept, left_out = well_run_precisions("cpu")
+    assert kept == expected
+    assert set(left_out) == {"fp32", "tf32", "amp_fp16", "amp_bf16"} - set(expected)
+    assert "CUDA" in left_out["tf32"] and "20x slower" in left_out["amp_fp16"]
+
+
+def test_auto_precision_on_a_gpu_this_process_cannot_see(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kept, left_out = well_run_precisions("cuda")
+    assert kept == ["fp32", "amp_fp16"] and "compute capability" in left_out["amp_bf16"]
+
+
+def test_preflight_expands_auto_and_explains(tiny_raw, monkeypatch) -> None:
+    _simulate_cpu(monkeypatch, bf16=False)  # an AVX2-only CPU
+    config = validate_config({**tiny_raw, "search": {"precision": "auto", "seed": [0, 1]}})
+    resolved, notes = resolve_precisions(config)
+    assert resolved.search["precision"] == ["fp32"] and config.search["precision"] == "auto"
+    assert notes[0] == "search.precision: auto on cpu: running fp32"
+    assert any(line.startswith("  left out amp_bf16: bf16 autocast on this CPU") for line in notes)
+    assert len(SearchPlan.of(resolved).trials) == 2
+    # An explicit list keeps the strict refusal.
+    with pytest.raises(ConfigError, match="search.precision: 'amp_bf16' on cpu: .*emulated"):
+        _preflight({**tiny_raw, "search": {"precision": ["fp32", "amp_bf16"]}})
+
+
+def test_auto_is_only_for_precision(tiny_raw) -> None:
+    with pytest.raises(ConfigError, match=r"search.lr: expected a list of values or a mapping"):
+        validate_config({**tiny_raw, "search": {"lr": "auto"}})

@@ -13,7 +13,7 @@ from cifar_tune.data import load_data
 from cifar_tune.names import EPOCH_METRICS, TEST_METRICS
 from cifar_tune.trainables.train import DivergedError, PrecisionUnavailableError, Trainer
 
-from conftest import ALLOW_EMULATED_BF16, TEST_PRECISION
+from conftest import NATIVE_BF16, TEST_PRECISION
 
 TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s"}
 
@@ -40,14 +40,15 @@ def _without_times(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIME_KEYS}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("amp_bf16", marks=pytest.mark.skipif(
+    not NATIVE_BF16, reason="this CPU has no native bf16 (AVX512-BF16 or AMX): emulated bf16 runs ~20x slower; "
+                            "exact resume under autocast is proven where it is native, fp32 resume everywhere"))])
 def test_resume_from_checkpoint_is_exact(tiny_raw, tmp_path: Path, precision: str) -> None:
-    # Exactness holds for emulated bf16 too, so that path is proven on every CPU (slowly where emulated).
-    allow = ALLOW_EMULATED_BF16 if precision == "amp_bf16" else {}
-    straight = _trainer(tiny_raw, precision=precision, **allow)
+    tiny_raw = {**tiny_raw, "data": {**tiny_raw["data"], "train_subset": 96}}  # 3 steps an epoch are enough
+    straight = _trainer(tiny_raw, precision=precision)
     straight_history = [straight.train_epoch() for _ in range(3)]
 
-    first = _trainer(tiny_raw, precision=precision, **allow)
+    first = _trainer(tiny_raw, precision=precision)
     for _ in range(2):
         first.train_epoch()
     first.save(tmp_path)
@@ -55,7 +56,7 @@ def test_resume_from_checkpoint_is_exact(tiny_raw, tmp_path: Path, precision: st
 
     torch.manual_seed(12345)  # a fresh process would start from other RNG states
     torch.rand(100)
-    resumed = _trainer(tiny_raw, precision=precision, **allow)
+    resumed = _trainer(tiny_raw, precision=precision)
     resumed.load(tmp_path)
     assert resumed.epoch == 2
     last = resumed.train_epoch()

@@ -15,7 +15,7 @@ from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.names import BEST_FILE, EPOCH_METRICS, STATE_FILE, TEST_METRICS
 from cifar_tune.orchestrator.cluster import check_storage
 
-from conftest import ALLOW_EMULATED_BF16, TEST_PRECISION
+from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION
 
 EPOCH_KEYS = set(EPOCH_METRICS)
 FINAL_KEYS = set(TEST_METRICS)
@@ -61,11 +61,11 @@ def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for
 
 
 def test_experiment_learns_and_writes_results(tiny_raw) -> None:
-    config = _config(tiny_raw, search={"precision": ["fp32", "amp_bf16"], "seed": [0]},
-                     train={**tiny_raw["train"], **ALLOW_EMULATED_BF16})
+    config = _config(tiny_raw, search={"precision": ["fp32", SECOND_PRECISION], "seed": [0]},
+                     train={**tiny_raw["train"], **ALLOW_SECOND})
     outcome = run_experiment(config, quiet=True)
     table = outcome.table
-    assert list(table["precision"]) == ["amp_bf16", "fp32"] and list(table["seed"]) == [0, 0]
+    assert list(table["precision"]) == sorted(["fp32", SECOND_PRECISION]) and list(table["seed"]) == [0, 0]
     assert (table["status"] == "TERMINATED").all()
     assert (table["best_val_acc"] > 0.6).all(), table  # chance is 0.1
     assert table["test_acc"].notna().all() and (table["training_time_s"] > 0).all()

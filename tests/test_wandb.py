@@ -15,7 +15,7 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.config import validate_config
 from cifar_tune.tracking import resolve_mode
 
-from conftest import ALLOW_EMULATED_BF16
+from conftest import ALLOW_SECOND, SECOND_PRECISION
 
 FAKE_KEY = "ctfake" + "0123456789abcdef" * 2 + "fedcba98"  # 46 recognizable characters
 WANDB = str(Path(sys.executable).parent / "wandb")
@@ -41,8 +41,8 @@ def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_t
         raw = {
             "name": "tracked", "storage_path": str(tmp_path_factory.mktemp("wandb")),
             "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
-            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, **ALLOW_EMULATED_BF16},
-            "search": {"precision": ["fp32", "amp_bf16"], "seed": [0]},
+            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, **ALLOW_SECOND},
+            "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0]},
             "resources": {"cpus_per_trial": 1}, "export": {"enabled": False},
             "wandb": {"mode": "offline", "tags": ["ci"]},
         }
@@ -64,15 +64,16 @@ def test_trial_runs_are_grouped_tagged_and_summarized(logged: Path) -> None:
         assert summary["config"]["train"]["precision"] == precision
         assert {"test_acc", "val_acc", "train_loss", "epoch"} <= set(summary["summary"])
         assert summary["summary"]["epoch"] == 2
-    assert precisions == {"fp32", "amp_bf16"}
+    assert precisions == {"fp32", SECOND_PRECISION}
 
 
 def test_analysis_run_holds_tables_and_headline_numbers(logged: Path) -> None:
     runs = [(_inspect(d), d) for d in sorted((logged / "wandb").glob("offline-run-*"))]
     ((summary, run), run_dir), = [(x, d) for x, d in runs if x[1].get("job_type") == "analysis"]
     assert run["run_group"] == "tracked"
-    assert {"amp_bf16/test_acc_diff_pp", "amp_bf16/train_speedup", "fp32/test_acc_mean"} <= set(summary["summary"])
-    assert "amp_bf16 vs fp32" in summary["summary"]["conclusions"]
+    expected = {f"{SECOND_PRECISION}/test_acc_diff_pp", f"{SECOND_PRECISION}/train_speedup", "fp32/test_acc_mean"}
+    assert expected <= set(summary["summary"])
+    assert f"{SECOND_PRECISION} vs fp32" in summary["summary"]["conclusions"]
     files = [p.name for p in (run_dir / "files" / "media" / "table").rglob("*.table.json")]
     for table in ("trials", "aggregate", "comparison", "original_study_table"):
         assert any(name.startswith(f"{table}_") for name in files), (table, files)

@@ -23,6 +23,11 @@ from cifar_tune.analysis.stats import (
     original_study_table,
 )
 
+WHERE_PRECISIONS_RUN = (
+    "A comparison needs a second precision the hardware runs well: on a CPU, amp_bf16 with AVX512-BF16 or AMX "
+    "(e.g. Intel Sapphire Rapids, AMD Zen 4 or newer); on a CUDA GPU, amp_fp16 on any, tf32 and amp_bf16 from "
+    "compute capability 8.0 (Ampere) on. `search.precision: auto` picks them where they run.")
+
 
 @dataclass
 class Analysis:
@@ -50,7 +55,11 @@ def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
                        f"{row['epochs_done']} epoch(s){why}; left out of the statistics")
     agg = aggregate(trials, groups) if not done.empty else pd.DataFrame()
     comparison = compare_to_baseline(trials, groups, baseline) if not done.empty else pd.DataFrame()
-    if not done.empty and baseline not in set(done["precision"]):
+    precisions = sorted(set(done["precision"])) if not done.empty else []
+    if len(precisions) == 1:
+        devices = ", ".join(sorted(set(done["device"].dropna().astype(str)) - {""})) or "an unrecorded device"
+        missing.append(f"only {precisions[0]} ran (on {devices}): nothing to compare. {WHERE_PRECISIONS_RUN}")
+    elif precisions and baseline not in precisions:
         missing.append(f"no finished {baseline} trial: nothing to compare the other precisions with")
     others = [g for g in groups if g != "precision"]
     conclusions = [conclusion(row, others) for _, row in comparison.iterrows()]

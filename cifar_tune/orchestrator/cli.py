@@ -16,7 +16,7 @@ from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describ
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import ERROR, RESULTS_FILE
 from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
-from cifar_tune.orchestrator.preflight import describe_plan
+from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
 from cifar_tune.plan import SearchPlan
 
 
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.address:
                 config.ray.address = args.address
             if args.dry_run:
-                print(describe_plan(config, SearchPlan.of(config)))
+                config, notes = resolve_precisions(config)
+                print(describe_plan(config, SearchPlan.of(config), notes))
                 return 0
             outcome = run_experiment(config)
     except CifarTuneError as exc:

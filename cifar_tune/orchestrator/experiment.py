@@ -35,7 +35,7 @@ from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
-from cifar_tune.orchestrator.preflight import preflight
+from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
 from cifar_tune.orchestrator.search import param_space
 from cifar_tune.plan import SearchPlan
 from cifar_tune.tracking import trial_callback
@@ -148,6 +148,9 @@ def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extr
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
     """Run every trial of `config` on Ray Tune and return the results table."""
+    config, notes = resolve_precisions(config)
+    for line in [] if quiet else notes:
+        print(line)
     plan = SearchPlan.of(config)
     preflight(config, plan)
     _check_fresh(config)
@@ -172,6 +175,7 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     config = load_config(path / CONFIG_FILE)
     if address:
         config.ray.address = address
+    config, _ = resolve_precisions(config)  # only an experiment saved before `auto` was expanded has one
     plan = SearchPlan.of(config)
     preflight(config, plan)
     data = load_data(config.data)

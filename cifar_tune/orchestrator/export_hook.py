@@ -28,7 +28,6 @@ from cifar_tune.names import BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.plan import SearchPlan, search_value
 
 
-@ray.remote
 def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
                  data_root: str | None, inject_failure: bool) -> dict[str, Any]:
     """Runs on a worker: export, parity and latency for one checkpoint. Device: what torch sees here."""
@@ -42,10 +41,22 @@ def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ..
                             threads=threads, data_root=data_root)
 
 
-def export_gpus(config: ExportConfig) -> float:
-    if config.gpus is not None:
-        return config.gpus
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+# On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
+# GPU; set in the decorator because Ray ignores max_calls given through .options() (ray issue
+# 47767). On CPUs, workers are reused: starting one costs seconds and holds nothing.
+export_on_cpu = ray.remote(export_trial)
+export_on_gpu = ray.remote(max_calls=1)(export_trial)
+
+
+def export_gpus(config: ExperimentConfig) -> float:
+    """An export's GPU share. By default the trials' own share when they train on GPUs: an export
+    then fits wherever a trial fits, and gets a freed slice as soon as a trial ends, instead of
+    waiting for a whole GPU that Tune keeps refilling with pending trials."""
+    if config.export.gpus is not None:
+        return config.export.gpus
+    if ray.cluster_resources().get("GPU", 0) == 0:
+        return 0.0
+    return config.resources.gpus_per_trial or 1.0
 
 
 class ExportCallback(tune.Callback):
@@ -94,7 +105,9 @@ class ExportCallback(tune.Callback):
         row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
                **{c: search_value(trial.config, c) for c in self.search_columns}}
         export = self.config.export
-        ref = export_trial.options(num_cpus=export.cpus, num_gpus=export_gpus(export)).remote(
+        gpus = export_gpus(self.config)
+        task = export_on_gpu if gpus > 0 else export_on_cpu
+        ref = task.options(num_cpus=export.cpus, num_gpus=gpus).remote(
             checkpoint.path, str(Path(trial.path) / EXPORT_DIR), self._data(), export.model_dump(),
             self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed)
         self.pending[trial.trial_id] = (ref, row)
@@ -105,18 +118,23 @@ class ExportCallback(tune.Callback):
             self.write(self.experiment_dir)
 
     def collect(self, timeout_s: float) -> None:
-        refs = [ref for ref, _ in self.pending.values()]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
-        for trial_id, (ref, row) in self.pending.items():
-            if ref not in ready:
-                ray.cancel(ref, force=True)
-                self.outcomes[trial_id] = {**row, "status": "timeout",
-                                           "reason": f"not finished after export.timeout_s={timeout_s:g}"}
-                continue
+        """Wait for the launched exports. `timeout_s` bounds the wait for the *next* one to finish,
+        so exports queued behind others on a busy GPU each get their turn; once none finishes
+        for that long, the rest are cancelled and recorded as timeouts."""
+        waiting = {ref: (trial_id, row) for trial_id, (ref, row) in self.pending.items()}
+        while waiting:
+            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout_s)
+            if not ready:
+                break
+            trial_id, row = waiting.pop(ready[0])
             try:
-                self.outcomes[trial_id] = {**row, "status": "ok", "result": ray.get(ref)}
+                self.outcomes[trial_id] = {**row, "status": "ok", "result": ray.get(ready[0])}
             except Exception as exc:  # an export failure is recorded, never raised
                 self.outcomes[trial_id] = {**row, "status": "failed", "reason": short_error(exc)}
+        for ref, (trial_id, row) in waiting.items():
+            ray.cancel(ref, force=True)
+            self.outcomes[trial_id] = {**row, "status": "timeout",
+                                       "reason": f"no export finished within export.timeout_s={timeout_s:g}"}
         self.pending.clear()
 
     def write(self, experiment_dir: Path) -> pd.DataFrame:

@@ -8,15 +8,31 @@ import importlib.util
 
 import torch
 
-from cifar_tune.config import ConfigError, ExperimentConfig
+from cifar_tune.config import AUTO, ConfigError, ExperimentConfig
 from cifar_tune.orchestrator.cluster import effective_address
 from cifar_tune.plan import SearchPlan
-from cifar_tune.precision import device_problem
+from cifar_tune.precision import device_problem, well_run_precisions
 
 
 def trial_device(config: ExperimentConfig) -> str:
     """The device type trials will train on: 'cuda' when they ask for a GPU share, else 'cpu'."""
     return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
+
+
+def resolve_precisions(config: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """Expand `search.precision: auto` to the precisions the trials' device runs well. Returns the
+    config to run (a copy; the saved config holds the expanded list, so a resume runs the same
+    trials) and one line per precision left out, saying why."""
+    key = next((k for k, spec in config.search.items() if spec == AUTO), None)
+    if key is None:
+        return config, []
+    device = trial_device(config)
+    kept, left_out = well_run_precisions(device)
+    resolved = config.model_copy(deep=True)
+    resolved.search[key] = kept
+    notes = [f"search.precision: auto on {device}: running {', '.join(kept)}"]
+    notes += [f"  left out {name}: {why}" for name, why in left_out.items()]
+    return resolved, notes
 
 
 def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
@@ -32,8 +48,8 @@ def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
     if config.export.enabled:
         missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
-            raise ConfigError(f"export.enabled: true needs {', '.join(missing)} (pip install {' '.join(missing)}; "
-                              "onnxruntime-gpu on GPU nodes) or set export.enabled: false")
+            raise ConfigError(f"export.enabled: true needs {', '.join(missing)} (pip install -e '.[cpu]', or "
+                              "'.[gpu]' on GPU nodes for onnxruntime-gpu) or set export.enabled: false")
     for precision in plan.values("precision"):
         problem = device_problem(precision, device)
         if problem and not config.train.allow_slow_precision:
@@ -43,12 +59,12 @@ def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
     return device
 
 
-def describe_plan(config: ExperimentConfig, plan: SearchPlan) -> str:
+def describe_plan(config: ExperimentConfig, plan: SearchPlan, notes: list[str] = ()) -> str:
     """What `--dry-run` prints: every trial with its search values and resources."""
     device = preflight(config, plan)
     trials = plan.trials
     res = config.resources
-    lines = [
+    lines = [*notes,
         f"experiment {config.name!r} -> {config.experiment_dir if config.storage_is_local() else config.storage_path}",
         f"{len(trials)} trial(s) x {config.train.epochs} epoch(s) on {device}; each trial: "
         f"{res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU; scheduler {config.tune.scheduler}, "
