@@ -402,8 +402,9 @@ def load_saved_config(path: str | os.PathLike[str]) -> ExperimentConfig:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
 
 
-def dump_config(config: ExperimentConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def dump_config_text(config: ExperimentConfig) -> str:
+    """The config as the YAML that `cifar_tune_config.yaml` holds (and `load_config` reads)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def _yaml_value(value: Any) -> str:

@@ -49,7 +49,7 @@ TEST_METRICS = ("test_loss", "test_acc", "test_time_s")
 FINAL_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "test_time_s", "training_time_s")
 # The columns of results.csv after the searched keys (documented in the README).
 RESULTS_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "training_time_s",
-                   "epochs_done", "status", "error", "device", "trial_id", "path")
+                   "epochs_done", "status", "error", "device", "trial_id", "path", "node_ip", "node_id", "hostname")
 CHECKPOINT_SCORE = "val_acc"  # the checkpoint Tune keeps besides the latest one
 
 # --------------------------------------------------------------------------- trial statuses

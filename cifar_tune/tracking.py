@@ -70,22 +70,39 @@ class TaggedWandbLoggerCallback(WandbLoggerCallback):
         super().__init__(*args, **kwargs)
         self.extra_tags = list(extra_tags or [])
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # After Ctrl-C, trials that were still running never got their "end" message, and Ray's
+        # version would wait upload_timeout (30 minutes by default) for their actors before
+        # killing them. Tell every actor to finish its run first: they close within seconds, and a
+        # resumed trial continues the same W&B run (its id is the trial id).
+        for trial in list(self._trial_logging_actors):
+            self._signal_logging_actor_stop(trial=trial)
+        super().on_experiment_end(trials, **info)
+
     def _start_logging_actor(self, trial: Any, exclude_results: list[str], **init_kwargs: Any) -> None:
         train = trial.config.get("train", {})
         tags = [f"precision:{train.get('precision')}", f"seed:{train.get('seed')}", *self.extra_tags]
         super()._start_logging_actor(trial, exclude_results, **{**init_kwargs, "tags": tags})
 
 
+def apply_wandb_mode(config: Any) -> str:
+    """Resolve `wandb.mode` for a run or a resume and tell W&B (and Ray's callback, which
+    otherwise insists on an API key) through WANDB_MODE when it is offline. Returns the mode.
+    A resume needs this too: Tune restores the experiment's W&B callback from its own state."""
+    mode = resolve_mode(config.wandb.mode)
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = mode
+    return mode
+
+
 def trial_callback(config: Any, experiment_dir: Path) -> TaggedWandbLoggerCallback | None:
     """The per-trial W&B callback for an experiment, or None when W&B is disabled."""
-    mode = resolve_mode(config.wandb.mode)
+    mode = apply_wandb_mode(config)
     if mode == "disabled":
         return None
     folder = wandb_dir(experiment_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "offline" and config.wandb.mode == "auto":
         print(offline_note(folder))
-    if mode == "offline":
-        os.environ["WANDB_MODE"] = mode  # also tells Ray's callback not to look for an API key
     return TaggedWandbLoggerCallback(project=config.wandb.project, group=config.name, entity=config.wandb.entity,
                                      mode=mode, dir=str(folder), job_type="train", extra_tags=config.wandb.tags)

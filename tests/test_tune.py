@@ -72,6 +72,11 @@ def test_experiment_learns_and_writes_results(tiny_raw) -> None:
 
     on_disk = pd.read_csv(outcome.path / "results.csv")
     assert list(on_disk["precision"]) == list(table["precision"])
+    # Where each trial ran: this machine, the session's one Ray node.
+    import ray
+
+    assert set(on_disk["node_id"]) == {ray.get_runtime_context().get_node_id()}
+    assert on_disk["node_ip"].notna().all() and on_disk["hostname"].notna().all()
     assert (outcome.path / "cifar_tune_config.yaml").is_file()
 
     for result in outcome.result_grid:

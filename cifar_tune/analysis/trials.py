@@ -48,8 +48,8 @@ def trial_status(tune_status: str | None, last: dict[str, Any]) -> str:
 
 # The trial table's columns after the searched keys, precision and seed.
 TRIAL_COLUMNS = [*names.FINAL_METRICS, "epochs_done", "epochs", "status", "complete", "error", "device",
-                 "trial_id", "path", "train_images_per_s", "best_train_acc", "best_train_acc_epoch",
-                 "best_train_loss", "best_val_loss"]
+                 "trial_id", "path", "node_ip", "node_id", "hostname", "train_images_per_s", "best_train_acc",
+                 "best_train_acc_epoch", "best_train_loss", "best_val_loss"]
 
 
 def trial_row(record: TrialRecord, columns: list[str]) -> dict[str, Any]:
@@ -72,6 +72,10 @@ def trial_row(record: TrialRecord, columns: list[str]) -> dict[str, Any]:
         "device": last.get("device", ""),
         "trial_id": last.get("trial_id", Path(record.path).name),
         "path": record.path,
+        # Where the last epoch ran (Tune adds node_ip and hostname to every result; the trainable adds node_id).
+        "node_ip": last.get("node_ip", ""),
+        "node_id": last.get("node_id", ""),
+        "hostname": last.get("hostname", ""),
         "train_images_per_s": pd.Series([r.get("train_images_per_s") for r in history], dtype=float).median(),
         "best_train_acc": best_train.get("train_acc"),
         "best_train_acc_epoch": best_train.get("epoch"),

@@ -1,8 +1,9 @@
 """`cifar-tune`: the command line, a thin layer over the Python API (cifar_tune.orchestrator,
 cifar_tune.analysis, cifar_tune.bench).
 
-Exit codes: 0 success, 1 the experiment ran but some trial failed, and for a `CifarTuneError`
-its `exit_code`: 2 for bad input (config, flag, path, data files) found before any work started.
+Exit codes: 0 success, 1 the experiment ran but some trial failed, 130 interrupted (Ctrl-C) with
+trials left to resume, and for a `CifarTuneError` its `exit_code`: 2 for bad input (config, flag,
+path, data files) found before any work started.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.bench import bench_path
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
-from cifar_tune.names import ERROR, RESULTS_FILE
+from cifar_tune.names import ERROR, RESULTS_FILE, UNFINISHED
 from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
 from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
 from cifar_tune.plan import SearchPlan
+
+INTERRUPTED = 130  # the shell's code for a SIGINT'ed command
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -117,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar-tune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(f"\nresults: {outcome.path / RESULTS_FILE}")
-    return 1 if (outcome.table["status"] == ERROR).any() else 0
+    if (outcome.table["status"] == ERROR).any():
+        return 1
+    return INTERRUPTED if (outcome.table["status"] == UNFINISHED).any() else 0
 
 
 if __name__ == "__main__":

@@ -30,15 +30,15 @@ from cifar_tune.analysis.trials import (
     results_view,
     trial_table,
 )
-from cifar_tune.config import ConfigError, ExperimentConfig, dump_config, load_config
+from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
-from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE
+from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE, UNFINISHED
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
 from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
 from cifar_tune.orchestrator.search import param_space
 from cifar_tune.plan import SearchPlan
-from cifar_tune.tracking import trial_callback
+from cifar_tune.tracking import apply_wandb_mode, trial_callback
 from cifar_tune.trainables.trainable import train_cifar
 
 
@@ -103,12 +103,44 @@ def _quiet_snapshot_warning() -> Iterator[None]:
 
 
 def _check_fresh(config: ExperimentConfig) -> None:
-    """Never start a new experiment on top of an old one: its results would be mixed or lost."""
+    """Never start a new experiment on top of an old one: its results would be mixed or lost.
+    (A cheap early check; `_claim` below is the one that holds against a concurrent run.)"""
     folder = config.experiment_dir
     if config.storage_is_local() and folder.exists() and any(folder.iterdir()):
         raise ConfigError(
             f"name: experiment directory {folder} already exists; resume it with "
             f"`cifar-tune resume {folder}` or choose another name (--set name=...)")
+
+
+@contextlib.contextmanager
+def _claim(config: ExperimentConfig) -> Iterator[None]:
+    """Claim the experiment folder for this run, atomically: the saved config is created with
+    O_EXCL, so of two runs started together with one name exactly one gets it; the other stops with
+    a ConfigError (exit code 2) before it writes anything. Released if the run fails to start."""
+    if not config.storage_is_local():  # cloud storage: Tune's own checks only, for now
+        yield
+        return
+    folder = config.experiment_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / CONFIG_FILE, "x") as f:
+            f.write(dump_config_text(config))
+    except FileExistsError:
+        if not folder.is_dir():  # a file where a folder of the path should be
+            raise ConfigError(f"storage_path {config.storage_path!r}: cannot write the experiment folder {folder} "
+                              "(a file is in the way); choose a writable storage_path") from None
+        raise ConfigError(f"name: experiment directory {folder} was just claimed by another run of the same name; "
+                          "choose another name (--set name=...)") from None
+    except OSError as exc:
+        raise ConfigError(f"storage_path {config.storage_path!r}: cannot write the experiment folder {folder} "
+                          f"({exc.strerror or exc}); choose a writable storage_path") from None
+    started = False
+    try:
+        yield
+        started = True
+    finally:
+        if not started and not any(p.name != CONFIG_FILE for p in folder.iterdir()):
+            (folder / CONFIG_FILE).unlink(missing_ok=True)  # nothing else written: leave no trace
 
 
 def _records_from_grid(grid: Any) -> list[TrialRecord]:
@@ -132,6 +164,9 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Path, grid: Any, q
     if not quiet:
         print(f"\nResults of {config.name} ({path}):")
         print(format_table(table, plan.columns))
+        unfinished = int((table["status"] == UNFINISHED).sum())
+        if unfinished:
+            print(f"\nInterrupted: {unfinished} trial(s) unfinished. Finish them with: cifar-tune resume {path}")
         fastest = fastest_variants(bench)
         if not fastest.empty:
             print("\nDeployment: fastest parity-checked variant per precision, speedup over eager fp32 "
@@ -155,11 +190,8 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
     preflight(config, plan)
     _check_fresh(config)
     data = load_data(config.data)
-    with ray_session(config.ray.address):
+    with _claim(config), ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        if config.storage_is_local():
-            config.experiment_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(config, config.experiment_dir / CONFIG_FILE)
         with _quiet_snapshot_warning():
             grid = make_tuner(config, plan, data, _callbacks(config, plan, data, callbacks)).fit()
     return _finish(config, plan, Path(grid.experiment_path), grid, quiet)
@@ -177,6 +209,7 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
         config.ray.address = address
     config, _ = resolve_precisions(config)  # only an experiment saved before `auto` was expanded has one
     plan = SearchPlan.of(config)
+    apply_wandb_mode(config)  # Tune restores the run's W&B callback; W&B must be told its mode again
     preflight(config, plan)
     data = load_data(config.data)
     with ray_session(config.ray.address):

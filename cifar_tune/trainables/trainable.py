@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import ray
 from ray import tune
 
 from cifar_tune.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
@@ -27,6 +28,7 @@ def train_cifar(config: dict[str, Any], data: CifarData) -> None:
     debug = DebugConfig.model_validate(config.get("debug", {}))
     device = pick_device(ResourcesConfig.model_validate(config["resources"]).gpus_per_trial)
     trainer = Trainer(train_cfg, model_cfg, data, device)
+    node_id = ray.get_runtime_context().get_node_id()  # with Tune's node_ip and hostname: where it ran
 
     resumed = False
     checkpoint = tune.get_checkpoint()
@@ -40,6 +42,7 @@ def train_cifar(config: dict[str, Any], data: CifarData) -> None:
         if trainer.epoch == train_cfg.epochs:
             metrics.update(trainer.test())
         metrics["device"] = str(device)
+        metrics["node_id"] = node_id
         with tempfile.TemporaryDirectory() as folder:
             trainer.save(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

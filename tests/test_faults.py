@@ -1,0 +1,81 @@
+"""Faults a real user meets: two runs with one name, storage that cannot be written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from cifar_tune.orchestrator.cli import main
+
+CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
+
+
+def test_two_runs_with_one_name_exactly_one_runs(tiny_raw, tmp_path: Path) -> None:
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({**tiny_raw, "train": {**tiny_raw["train"], "epochs": 1}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    runs = [subprocess.Popen([CIFAR_TUNE, "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 2], [err[-2000:] for _, err in outputs]
+    loser = next(err for run, (_, err) in zip(runs, outputs, strict=True) if run.returncode == 2)
+    assert "claimed by another run" in loser or "already exists" in loser
+    table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
+    assert len(table) == 1 and list(table["status"]) == ["TERMINATED"]  # one run's trial, not two
+
+
+def test_unwritable_storage_is_refused_before_training(tiny_raw, tmp_path: Path, capsys) -> None:
+    # (The tests run as root, which ignores folder permissions: a path through a file is unwritable for anyone.)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({**tiny_raw, "storage_path": str(blocker / "results")}))
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the experiment folder" in err and "storage_path" in err
+
+
+def _first_epoch_reported(experiment: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.stat().st_size for p in experiment.glob("train_cifar_*/result.json")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no epoch reported under {experiment} within {timeout_s} s")
+
+
+def test_ctrl_c_stops_within_seconds_and_resume_continues_the_same_wandb_runs(tiny_raw, tmp_path: Path) -> None:
+    raw = {**tiny_raw, "data": {**tiny_raw["data"], "train_subset": 96},
+           "train": {**tiny_raw["train"], "epochs": 25}, "wandb": {"mode": "offline"}}
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    experiment = Path(raw["storage_path"]) / raw["name"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_DIR")}
+    run = subprocess.Popen([CIFAR_TUNE, "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)
+    _first_epoch_reported(experiment)
+    run.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    out, err = run.communicate(timeout=120)
+    stopped_after = time.monotonic() - interrupted
+    assert run.returncode == 130, err[-3000:]
+    assert stopped_after < 30, f"the driver took {stopped_after:.0f} s to stop after Ctrl-C"
+    assert f"cifar-tune resume {experiment}" in out
+    assert pd.read_csv(experiment / "results.csv")["status"].tolist() == ["UNFINISHED"]
+
+    resumed = subprocess.run([CIFAR_TUNE, "resume", str(experiment)], capture_output=True, text=True, timeout=600,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(experiment / "results.csv")
+    assert table["status"].tolist() == ["TERMINATED"] and table["epochs_done"].tolist() == [25]
+    # W&B: the resumed trial logs to the run of the same id (the trial id), not to a new one.
+    run_ids = {d.name.rsplit("-", 1)[1] for d in (experiment / "wandb").glob("offline-run-*")}
+    assert run_ids == {table["trial_id"].item()}
