@@ -189,7 +189,8 @@ class DebugConfig(Section):
     )
     fail_export_seed: int | None = Field(
         None, description="Testing aid: the export task of every trial with this seed raises.")
-
+    crash_export_seed: int | None = Field(
+        None, description="Testing aid: the export task of every trial with this seed kills its own worker process.")
 
 
 # --------------------------------------------------------------------------- search entries

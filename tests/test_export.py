@@ -243,3 +243,19 @@ def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw,
     assert set(resumed.bench["epochs"]) == {2, 3}
     exports = json.loads((resumed.path / "exports.json").read_text())
     assert sorted(e["status"] for e in exports.values()) == ["ok", "ok"]
+
+
+def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray_for_tests) -> None:
+    from cifar_tune import run_experiment
+
+    quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
+    raw = {**tiny_raw, "search": {"seed": [0, 1]}, "export": quick, "debug": {"crash_export_seed": 1},
+           "train": {**tiny_raw["train"], "epochs": 1}}
+    outcome = run_experiment(validate_config(raw), quiet=True)
+    assert list(outcome.table["status"]) == ["TERMINATED", "TERMINATED"]  # the experiment is unaffected
+    exports = {e["seed"]: e for e in json.loads((outcome.path / "exports.json").read_text()).values()}
+    assert exports[0]["status"] == "ok" and exports[1]["status"] == "failed"
+    assert "died" in exports[1]["reason"].lower() or "crash" in exports[1]["reason"].lower(), exports[1]["reason"]
+    crashed = outcome.table.loc[outcome.table["seed"] == 1, "path"].item()
+    attempts = (Path(crashed) / "export" / "crashed_attempts.txt").read_text().split()
+    assert len(attempts) == 2 and len(set(attempts)) == 2  # the first try and one retry, each in its own worker

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from cifar_tune.orchestrator.cli import main
@@ -79,3 +80,20 @@ def test_ctrl_c_stops_within_seconds_and_resume_continues_the_same_wandb_runs(ti
     # W&B: the resumed trial logs to the run of the same id (the trial id), not to a new one.
     run_ids = {d.name.rsplit("-", 1)[1] for d in (experiment / "wandb").glob("offline-run-*")}
     assert run_ids == {table["trial_id"].item()}
+
+
+@pytest.mark.usefixtures("ray_for_tests")
+def test_resume_from_a_truncated_checkpoint_names_the_file_and_never_restarts(tiny_raw) -> None:
+    from cifar_tune import resume_experiment, run_experiment, validate_config
+
+    # Fails after epoch 2 of 3 (after its checkpoint), is not retried: resume must continue from it.
+    raw = {**tiny_raw, "debug": {"fail_at_epoch": 2}}
+    first = run_experiment(validate_config(raw), quiet=True)
+    assert first.table["status"].tolist() == ["ERROR"]
+    latest = max(Path(first.table["path"].item()).glob("checkpoint_*"))
+    state = latest / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    resumed = resume_experiment(first.path, quiet=True)
+    row = resumed.table.iloc[0]
+    assert row["status"] == "ERROR" and "state.pt is unreadable" in row["error"], row["error"]
+    assert row["epochs_done"] == 2  # nothing trained again from epoch 0

@@ -11,7 +11,7 @@ import torch
 from cifar_tune.config import validate_config
 from cifar_tune.data import load_data
 from cifar_tune.names import EPOCH_METRICS, TEST_METRICS
-from cifar_tune.trainables.train import DivergedError, PrecisionUnavailableError, Trainer
+from cifar_tune.trainables.train import CheckpointError, DivergedError, PrecisionUnavailableError, Trainer
 
 from conftest import NATIVE_BF16, TEST_PRECISION
 
@@ -110,3 +110,13 @@ def test_deterministic_mode_trains_and_repeats(tiny_raw) -> None:
     assert runs[0] == runs[1]
     _trainer(tiny_raw)  # back to the default for the tests that follow
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_truncated_checkpoint_stops_with_the_file_named(tiny_raw, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_raw)
+    trainer.train_epoch()
+    trainer.save(tmp_path)
+    state = tmp_path / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a write cut short
+    with pytest.raises(CheckpointError, match=r"checkpoint file .*state.pt is unreadable"):
+        _trainer(tiny_raw).load(tmp_path)

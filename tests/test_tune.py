@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,33 @@ def test_asha_scheduler_is_built_from_the_plan(tiny_raw, monkeypatch) -> None:
     # A grace period past the longest trial is capped at it.
     late = _config(tiny_raw, tune={"scheduler": "asha", "grace_period": 50})
     assert experiment.make_scheduler(late, SearchPlan.of(late))["grace_period"] == 3
+
+
+def test_trial_worker_killed_mid_training_is_retried_exactly(tiny_raw, straight) -> None:
+    """SIGKILL of the trial's worker process (as an OOM kill): Tune restarts it from its last
+    checkpoint and it ends exactly where the uninterrupted run ends."""
+    import signal
+    import threading
+    import time
+
+    reference_raw, reference = straight
+    config = _config(reference_raw, name="killed", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1})
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_experiment(config, quiet=True)))
+    runner.start()
+    deadline, killed = time.monotonic() + 300, None
+    while killed is None and time.monotonic() < deadline and runner.is_alive():
+        logs = [p for p in config.experiment_dir.glob("train_cifar_*/result.json") if p.stat().st_size]
+        if logs:
+            first = json.loads(logs[0].read_text().splitlines()[0])
+            os.kill(first["pid"], signal.SIGKILL)  # the worker that reported epoch 1, now in epoch 2
+            killed = first["pid"]
+        time.sleep(0.2)
+    runner.join(timeout=600)
+    assert killed is not None, "the trial finished before it could be killed"
+    got = outcome["result"]
+    assert list(got.table["status"]) == ["TERMINATED"]
+    assert got.result_grid[0].metrics["pid"] != killed  # a new worker finished it
+    want = reference.result_grid[0].metrics
+    assert {k: got.result_grid[0].metrics[k] for k in COMPARED} == pytest.approx({k: want[k] for k in COMPARED},
+                                                                                 abs=1e-6)

@@ -11,12 +11,14 @@ export is recorded with its reason and never fails the experiment.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
 import torch
+from pydantic import BaseModel
 from ray import tune
 
 from cifar_tune.analysis.trials import read_table
@@ -29,10 +31,15 @@ from cifar_tune.plan import SearchPlan, search_value
 
 
 def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
-                 data_root: str | None, inject_failure: bool) -> dict[str, Any]:
+                 data_root: str | None, inject_failure: bool, inject_crash: bool = False) -> dict[str, Any]:
     """Runs on a worker: export, parity and latency for one checkpoint. Device: what torch sees here."""
     if inject_failure:
         raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
+    if inject_crash:  # the worker process dies, as an out-of-memory kill would take it
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / "crashed_attempts.txt", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        os._exit(1)
     config = ExportConfig.model_validate(settings)
     device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
     threads = config.threads or max(1, int(config.cpus))
@@ -43,9 +50,10 @@ def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ..
 
 # On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
 # GPU; set in the decorator because Ray ignores max_calls given through .options() (ray issue
-# 47767). On CPUs, workers are reused: starting one costs seconds and holds nothing.
-export_on_cpu = ray.remote(export_trial)
-export_on_gpu = ray.remote(max_calls=1)(export_trial)
+# 47767). On CPUs, workers are reused: starting one costs seconds and holds nothing. An export
+# whose worker dies is retried once (Ray's default is 3), then recorded as failed.
+export_on_cpu = ray.remote(max_retries=1)(export_trial)
+export_on_gpu = ray.remote(max_calls=1, max_retries=1)(export_trial)
 
 
 def export_gpus(config: ExperimentConfig) -> float:
@@ -57,6 +65,14 @@ def export_gpus(config: ExperimentConfig) -> float:
     if ray.cluster_resources().get("GPU", 0) == 0:
         return 0.0
     return config.resources.gpus_per_trial or 1.0
+
+
+def _plain(value: Any) -> Any:
+    """A config as plain data, also one unpickled from an older version: its objects' __dict__ may
+    lack fields added since, which validation then fills with their defaults."""
+    if isinstance(value, BaseModel):
+        return {k: _plain(v) for k, v in value.__dict__.items()}
+    return value
 
 
 class ExportCallback(tune.Callback):
@@ -81,9 +97,7 @@ class ExportCallback(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also reads the state pickled before 0.2 (a config object, plus fields no longer kept).
-        config = state["config"]
-        self.config = config if isinstance(config, ExperimentConfig) else ExperimentConfig.model_validate(
-            config, context={"saved": True})
+        self.config = ExperimentConfig.model_validate(_plain(state["config"]), context={"saved": True})
         self.search_columns = list(state["search_columns"])
         self._loaded, self._data_ref, self.pending, self.outcomes = None, None, {}, {}
         self.experiment_dir = None
@@ -109,7 +123,8 @@ class ExportCallback(tune.Callback):
         task = export_on_gpu if gpus > 0 else export_on_cpu
         ref = task.options(num_cpus=export.cpus, num_gpus=gpus).remote(
             checkpoint.path, str(Path(trial.path) / EXPORT_DIR), self._data(), export.model_dump(),
-            self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed)
+            self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed,
+            train.get("seed") == self.config.debug.crash_export_seed)
         self.pending[trial.trial_id] = (ref, row)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -37,6 +37,19 @@ class DivergedError(RuntimeError):
     """The loss became inf or NaN; training on would only produce garbage."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not a cifar-tune checkpoint."""
+
+
+def _load_checkpoint_file(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, missing file, unpickling refused, ...
+        raise CheckpointError(
+            f"checkpoint file {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Delete its checkpoint folder to resume from the one before, or start the experiment again") from None
+
+
 class PrecisionUnavailableError(CifarTuneError):
     """The trial landed on a device that cannot run its precision well."""
 
@@ -270,9 +283,10 @@ class Trainer:
         }, folder / BEST_FILE)
 
     def load(self, folder: str | Path) -> None:
+        """Continue from a checkpoint folder. An unreadable file stops with CheckpointError naming
+        it: never a silent restart from epoch 0."""
         folder = Path(folder)
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        best = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True)
+        state, best = (_load_checkpoint_file(folder / name) for name in (STATE_FILE, BEST_FILE))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
