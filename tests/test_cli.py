@@ -5,11 +5,8 @@ process that imported Ray first."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from ray_cluster import RAY, clean_env, free_port, start_node, stop_node
 
 from cifar_tune.orchestrator.cli import main
 
-BIN = Path(sys.executable).parent
-RAY, CIFAR_TUNE = str(BIN / "ray"), str(BIN / "cifar-tune")
+CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
 
 
 def _write(raw: dict[str, Any], path: Path) -> Path:
@@ -88,60 +85,43 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys) -> None:
 # --------------------------------------------------------------------------- a real cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_cluster(temp_dir: str) -> None:
-    """Kill this test's cluster only. `ray stop` would kill every Ray on the machine, a developer's
-    running experiment included; the cluster's own processes name its temp dir on their command
-    line, and its agents are their children. (gcs_server and raylet ignore SIGTERM: SIGKILL.)"""
-    def pgrep(*args: str) -> list[str]:
-        return subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()
-
-    owners = pgrep("-f", temp_dir)
-    children = [child for pid in owners for child in pgrep("-P", pid)]
-    if owners or children:
-        subprocess.run(["kill", "-9", *owners, *children], capture_output=True)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _clean_env() -> dict[str, str]:
-    """This process's environment without Ray's auth mode: cifar-tune must find the token itself."""
-    return {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A one-node cluster started with `ray start`, as a user would: token authentication on (Ray's
     default since 2.59; the token is in ~/.ray/auth_token, which `ray start` creates if absent)."""
-    port = _free_port()
-    # A short temp dir of its own (Ray's socket paths must stay under ~107 characters) marks its processes.
-    temp_dir = tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
-    started = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-                              "--include-dashboard=false", "--disable-usage-stats"],
-                             capture_output=True, text=True, timeout=120, env=_clean_env())
+    port = free_port()
+    temp_dir = start_node(port, head=True, cpus=2)
     try:
-        assert started.returncode == 0, started.stderr
         assert (Path.home() / ".ray" / "auth_token").is_file() or os.environ.get("RAY_AUTH_TOKEN")
         yield f"127.0.0.1:{port}"
     finally:
-        _stop_cluster(temp_dir)
+        stop_node(temp_dir)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[str]:
+    """A head and a worker node of one CPU each: two one-CPU trials must use both."""
+    port = free_port()
+    nodes = [start_node(port, head=True, cpus=1)]
+    try:
+        nodes.append(start_node(port, head=False, cpus=1))
+        yield f"127.0.0.1:{port}"
+    finally:
+        for temp_dir in reversed(nodes):
+            stop_node(temp_dir)
 
 
 @pytest.mark.slow
 def test_console_script_joins_a_token_auth_cluster(cluster: str, tiny_raw, tmp_path: Path) -> None:
     path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
     result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", cluster], capture_output=True, text=True,
-                            timeout=600, env=_clean_env())
+                            timeout=600, env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
     assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
     # The cluster outlives the experiment: we joined it, we did not own it.
     status = subprocess.run([RAY, "status", f"--address={cluster}"], capture_output=True, text=True, timeout=60,
-                            env={**_clean_env(), "RAY_AUTH_MODE": "token"})
+                            env=clean_env(RAY_AUTH_MODE="token"))
     assert status.returncode == 0, status.stderr
 
 
@@ -157,6 +137,29 @@ def test_notebook_that_imported_ray_first_joins_the_cluster(cluster: str, tiny_r
         print("STATUS", list(outcome.table["status"]))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                            env=_clean_env())
+                            env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "STATUS ['TERMINATED']" in result.stdout
+
+
+@pytest.mark.slow
+def test_trials_spread_over_two_nodes_and_say_where_they_ran(two_nodes: str, tiny_raw, tmp_path: Path) -> None:
+    raw = {**tiny_raw, "search": {"seed": [0, 1]}, "train": {**tiny_raw["train"], "epochs": 2}}
+    path = _write(raw, tmp_path / "exp.yaml")
+    # One machine, so its folder is shared by both nodes; on a real cluster: cloud or shared storage.
+    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", two_nodes], capture_output=True, text=True,
+                            timeout=600, env=clean_env(CIFAR_TUNE_SHARED_STORAGE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(Path(raw["storage_path"]) / "tiny" / "results.csv")
+    assert (table["status"] == "TERMINATED").all()
+    assert table["node_id"].nunique() == 2  # both nodes trained
+    assert table["node_ip"].notna().all() and table["hostname"].notna().all()
+
+
+@pytest.mark.slow
+def test_local_storage_is_refused_on_two_nodes(two_nodes: str, tiny_raw, tmp_path: Path) -> None:
+    path = _write(tiny_raw, tmp_path / "exp.yaml")
+    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", two_nodes], capture_output=True, text=True,
+                            timeout=300, env=clean_env())
+    assert result.returncode == 2 and "2-node cluster" in result.stderr
+    assert not (Path(tiny_raw["storage_path"]) / "tiny").exists()  # the claim was released: nothing left

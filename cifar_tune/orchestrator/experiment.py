@@ -141,6 +141,7 @@ def _claim(config: ExperimentConfig) -> Iterator[None]:
     finally:
         if not started and not any(p.name != CONFIG_FILE for p in folder.iterdir()):
             (folder / CONFIG_FILE).unlink(missing_ok=True)  # nothing else written: leave no trace
+            folder.rmdir()
 
 
 def _records_from_grid(grid: Any) -> list[TrialRecord]:

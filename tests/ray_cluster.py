@@ -1,0 +1,54 @@
+"""Real Ray clusters on this machine for tests: `ray start` nodes, each with a temp dir of its own,
+stopped by killing exactly their processes (`ray stop` would kill every Ray on the machine, a
+developer's running experiment included)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray's auth mode and address: cifar-tune must find both."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    return {**env, **extra}
+
+
+def start_node(port: int, head: bool, cpus: int) -> str:
+    """Start one node; returns its temp dir (short: Ray's socket paths must stay under ~107 characters),
+    which its processes name on their command line."""
+    temp_dir = tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
+    where = ["--head", f"--port={port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{port}"]
+    env = clean_env() if head else clean_env(RAY_AUTH_MODE="token")  # a worker joins the head's token auth
+    started = subprocess.run([RAY, "start", *where, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
+                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)
+    if started.returncode != 0:
+        stop_node(temp_dir)
+        raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+    return temp_dir
+
+
+def stop_node(temp_dir: str) -> None:
+    """Kill this node only: its processes name its temp dir, and its agents are their children.
+    (gcs_server and raylet ignore SIGTERM: SIGKILL.)"""
+    def pgrep(*args: str) -> list[str]:
+        return subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()
+
+    owners = pgrep("-f", temp_dir)
+    children = [child for pid in owners for child in pgrep("-P", pid)]
+    if owners or children:
+        subprocess.run(["kill", "-9", *owners, *children], capture_output=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
