@@ -27,11 +27,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def start_node(port: int, head: bool, cpus: int) -> str:
+def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = None) -> str:
     """Start one node; returns its temp dir (short: Ray's socket paths must stay under ~107 characters),
     which its processes name on their command line."""
     temp_dir = tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
-    where = ["--head", f"--port={port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{port}"]
+    dashboard = [f"--dashboard-port={dashboard_port}"] if dashboard_port else ["--include-dashboard=false"]
+    where = ["--head", f"--port={port}", *dashboard] if head else [f"--address=127.0.0.1:{port}"]
     env = clean_env() if head else clean_env(RAY_AUTH_MODE="token")  # a worker joins the head's token auth
     started = subprocess.run([RAY, "start", *where, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
                               "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,28 @@ def test_local_storage_is_refused_on_two_nodes(two_nodes: str, tiny_raw, tmp_pat
                             timeout=300, env=clean_env())
     assert result.returncode == 2 and "2-node cluster" in result.stderr
     assert not (Path(tiny_raw["storage_path"]) / "tiny").exists()  # the claim was released: nothing left
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
+    """`ray job submit --working-dir .`, as the README shows, on a token-auth cluster with a dashboard."""
+    port, dashboard = free_port(), free_port()
+    temp_dir = start_node(port, head=True, cpus=2, dashboard_port=dashboard)
+    try:
+        path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
+        root = Path(__file__).resolve().parent.parent
+        submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(root),
+                  "--", CIFAR_TUNE, "run", str(path)]
+        result = None
+        for _ in range(30):  # the dashboard's job server comes up a few seconds after `ray start` returns
+            result = subprocess.run(submit, capture_output=True, text=True, timeout=600,
+                                    env=clean_env(RAY_AUTH_MODE="token"), cwd=root)
+            if "Failed to connect to Ray at address" not in result.stderr:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        assert "succeeded" in result.stdout + result.stderr
+        table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
+        assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
+    finally:
+        stop_node(temp_dir)
