@@ -177,12 +177,15 @@ def test_ray_job_submit_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
         submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(root),
                   "--", CIFAR_TUNE, "run", str(path)]
         result = None
-        for _ in range(30):  # the dashboard's job server comes up a few seconds after `ray start` returns
+        # The dashboard's job server, and then its job agent, come up seconds after `ray start` returns
+        # (later on a busy machine); until then submission is refused with one of these messages.
+        not_ready = ("Failed to connect to Ray at address", "No available agent to submit job")
+        for _ in range(60):
             result = subprocess.run(submit, capture_output=True, text=True, timeout=600,
                                     env=clean_env(RAY_AUTH_MODE="token"), cwd=root)
-            if "Failed to connect to Ray at address" not in result.stderr:
+            if not any(message in result.stderr for message in not_ready):
                 break
-            time.sleep(1)
+            time.sleep(2)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         assert "succeeded" in result.stdout + result.stderr
         table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
