@@ -34,7 +34,10 @@ def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = No
     dashboard = [f"--dashboard-port={dashboard_port}"] if dashboard_port else ["--include-dashboard=false"]
     where = ["--head", f"--port={port}", *dashboard] if head else [f"--address=127.0.0.1:{port}"]
     env = clean_env() if head else clean_env(RAY_AUTH_MODE="token")  # a worker joins the head's token auth
-    started = subprocess.run([RAY, "start", *where, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
+    # Ports of its own for the dashboard agent: the defaults may be held by another Ray on this
+    # machine (the test session's own), and then `ray job submit` finds no agent.
+    agent = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
+    started = subprocess.run([RAY, "start", *where, *agent, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
                               "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)
     if started.returncode != 0:
         stop_node(temp_dir)

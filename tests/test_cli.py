@@ -180,10 +180,11 @@ def test_ray_job_submit_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
         # The dashboard's job server, and then its job agent, come up seconds after `ray start` returns
         # (later on a busy machine); until then submission is refused with one of these messages.
         not_ready = ("Failed to connect to Ray at address", "No available agent to submit job")
-        for _ in range(60):
+        deadline = time.monotonic() + 60
+        while True:
             result = subprocess.run(submit, capture_output=True, text=True, timeout=600,
                                     env=clean_env(RAY_AUTH_MODE="token"), cwd=root)
-            if not any(message in result.stderr for message in not_ready):
+            if not any(message in result.stderr for message in not_ready) or time.monotonic() > deadline:
                 break
             time.sleep(2)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
