@@ -14,13 +14,16 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import EPOCH_METRICS
+
+if TYPE_CHECKING:
+    from cifar_tune.storage import Location
 
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 Precision = Literal["fp32", "tf32", "amp_fp16", "amp_bf16"]
@@ -255,7 +258,7 @@ def check_search_entry(key: str, spec: Any, base: BaseModel) -> list[Any] | dict
 
 class ExperimentConfig(Section):
     name: str = Field("cifar-tune", description="Experiment name; results go to <storage_path>/<name>/ (letters, digits, . _ -).")
-    storage_path: str = Field("./results", description="Where experiments are written (shared or cloud storage on a cluster).")
+    storage_path: str = Field("./results", description="A folder, or cloud storage (s3://bucket/prefix, gs://...) for a cluster.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -293,6 +296,19 @@ class ExperimentConfig(Section):
 
     def storage_is_local(self) -> bool:
         return "://" not in self.storage_path
+
+    def experiment_uri(self) -> str:
+        """`<storage_path>/<name>` as text, without touching the storage (for messages)."""
+        if self.storage_is_local():
+            return str(self.experiment_dir)
+        base, sep, query = self.storage_path.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
+
+    def experiment_location(self) -> Location:
+        """`<storage_path>/<name>`, on local disk or in cloud storage."""
+        from cifar_tune.storage import Location  # pyarrow: not needed by what only trains or exports
+
+        return Location.of(self.storage_path) / self.name
 
 
 # --------------------------------------------------------------------------- errors
@@ -379,13 +395,19 @@ def validate_section(section: type[BaseModel], raw: dict[str, Any], name: str) -
         raise ConfigError(format_validation_error(exc, (name,))) from None
 
 
-def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment file, apply `--set` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+def _read_config_text(path: str | os.PathLike[str] | Location) -> str:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return Path(path).read_text() if isinstance(path, (str, os.PathLike)) else path.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+
+
+def load_config(path: str | os.PathLike[str] | Location, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (local, or a Location in cloud storage), apply `--set`
+    overrides, validate."""
+    text = _read_config_text(path)
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -393,11 +415,11 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     return validate_config(apply_overrides(raw, overrides or []))
 
 
-def load_saved_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+def load_saved_config(path: str | os.PathLike[str] | Location) -> ExperimentConfig:
     """An experiment's saved config (cifar_tune_config.yaml) read back, for analysis or export.
     It was valid when saved; only data.root is not checked, as the data may have moved since."""
     try:
-        return ExperimentConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {},
+        return ExperimentConfig.model_validate(yaml.safe_load(_read_config_text(path)) or {},
                                                context={"saved": True})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None

@@ -4,8 +4,9 @@ Per-trial runs are logged through Ray Tune's own `WandbLoggerCallback`: each tri
 actor of its own, so a slow or unreachable W&B server delays that actor, never the training.
 Runs are grouped by experiment name, tagged `precision:<p>` and `seed:<s>`, carry the trial config,
 and their summary holds the last (final) metrics. Files go to `<experiment dir>/wandb` unless
-WANDB_DIR is set. No API key is ever passed as an argument or written anywhere by cifar-tune:
-W&B reads it from WANDB_API_KEY or ~/.netrc itself.
+WANDB_DIR is set (with cloud storage: ~/.cache/cifar-tune/<name>/wandb, W&B writes local files).
+No API key is ever passed as an argument or written anywhere by cifar-tune: W&B reads it from
+WANDB_API_KEY or ~/.netrc itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+from cifar_tune.storage import Location
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -36,9 +39,15 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
-def wandb_dir(experiment_dir: Path) -> Path:
-    """Where W&B writes: $WANDB_DIR if set, else <experiment dir> (W&B adds its own wandb/ folder)."""
-    return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else Path(experiment_dir)
+def wandb_dir(experiment: Location) -> Path:
+    """Where W&B writes (it adds its own wandb/ folder): $WANDB_DIR if set, else the experiment
+    folder on local storage, else ~/.cache/cifar-tune/<name> on this machine: W&B keeps its run
+    files on local disk, also when the experiment's storage is a bucket."""
+    if os.environ.get("WANDB_DIR"):
+        return Path(os.environ["WANDB_DIR"])
+    if experiment.is_local:
+        return experiment.local_path
+    return Path.home() / ".cache" / "cifar-tune" / experiment.name
 
 
 def offline_note(folder: Path) -> str:
@@ -95,12 +104,12 @@ def apply_wandb_mode(config: Any) -> str:
     return mode
 
 
-def trial_callback(config: Any, experiment_dir: Path) -> TaggedWandbLoggerCallback | None:
+def trial_callback(config: Any, experiment: Location) -> TaggedWandbLoggerCallback | None:
     """The per-trial W&B callback for an experiment, or None when W&B is disabled."""
     mode = apply_wandb_mode(config)
     if mode == "disabled":
         return None
-    folder = wandb_dir(experiment_dir)
+    folder = wandb_dir(experiment)
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "offline" and config.wandb.mode == "auto":
         print(offline_note(folder))

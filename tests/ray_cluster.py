@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -27,13 +28,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = None) -> str:
+def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = None,
+               env: dict[str, str] | None = None, temp_dir: str | None = None, client_port: int | None = None) -> str:
     """Start one node; returns its temp dir (short: Ray's socket paths must stay under ~107 characters),
-    which its processes name on their command line."""
-    temp_dir = tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
+    which its processes name on their command line. `env`: extra variables for the node's processes
+    (cloud credentials, as a cloud node has them from its role). `temp_dir`: share another node's, as
+    `ray start` nodes on one machine do by default (/tmp/ray). `client_port`: Ray Client's (head)."""
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
     dashboard = [f"--dashboard-port={dashboard_port}"] if dashboard_port else ["--include-dashboard=false"]
     where = ["--head", f"--port={port}", *dashboard] if head else [f"--address=127.0.0.1:{port}"]
-    env = clean_env() if head else clean_env(RAY_AUTH_MODE="token")  # a worker joins the head's token auth
+    if head:  # Ray Client's server (ray://) on a port of its own, not the default 10001
+        where.append(f"--ray-client-server-port={client_port or free_port()}")
+    env = clean_env(**(env or {})) if head else clean_env(RAY_AUTH_MODE="token", **(env or {}))  # a worker joins the token auth
     # Ports of its own for the dashboard agent: the defaults may be held by another Ray on this
     # machine (the test session's own), and then `ray job submit` finds no agent.
     agent = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
@@ -56,3 +62,19 @@ def stop_node(temp_dir: str) -> None:
     if owners or children:
         subprocess.run(["kill", "-9", *owners, *children], capture_output=True)
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit_job(dashboard_port: int, working_dir: Path, command: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir DIR -- COMMAND`, as the README shows; waits for the job to end.
+    The dashboard's job server, and then its job agent, come up seconds after `ray start` returns
+    (later on a busy machine); until then submission is refused with one of these messages."""
+    submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir",
+              str(working_dir), "--", *command]
+    not_ready = ("Failed to connect to Ray at address", "No available agent to submit job")
+    deadline = time.monotonic() + 60
+    while True:
+        result = subprocess.run(submit, capture_output=True, text=True, timeout=timeout_s,
+                                env=clean_env(RAY_AUTH_MODE="token"), cwd=working_dir)
+        if not any(message in result.stderr for message in not_ready) or time.monotonic() > deadline:
+            return result
+        time.sleep(2)

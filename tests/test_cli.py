@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from ray_cluster import RAY, clean_env, free_port, start_node, stop_node
+from ray_cluster import RAY, clean_env, free_port, start_node, stop_node, submit_job
 
 from cifar_tune.orchestrator.cli import main
 
@@ -174,21 +173,25 @@ def test_ray_job_submit_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
     try:
         path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
         root = Path(__file__).resolve().parent.parent
-        submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(root),
-                  "--", CIFAR_TUNE, "run", str(path)]
-        result = None
-        # The dashboard's job server, and then its job agent, come up seconds after `ray start` returns
-        # (later on a busy machine); until then submission is refused with one of these messages.
-        not_ready = ("Failed to connect to Ray at address", "No available agent to submit job")
-        deadline = time.monotonic() + 60
-        while True:
-            result = subprocess.run(submit, capture_output=True, text=True, timeout=600,
-                                    env=clean_env(RAY_AUTH_MODE="token"), cwd=root)
-            if not any(message in result.stderr for message in not_ready) or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        result = submit_job(dashboard, root, [CIFAR_TUNE, "run", str(path)])
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         assert "succeeded" in result.stdout + result.stderr
+        table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
+        assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
+    finally:
+        stop_node(temp_dir)
+
+
+@pytest.mark.slow
+def test_ray_client_address_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
+    """`--address ray://host:port`, as the README shows: Tune's loop runs on the cluster through Ray Client."""
+    port, client = free_port(), free_port()
+    temp_dir = start_node(port, head=True, cpus=2, client_port=client)
+    try:
+        path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
+        result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", f"ray://127.0.0.1:{client}"],
+                                capture_output=True, text=True, timeout=600, env=clean_env())
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
         assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
     finally:

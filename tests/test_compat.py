@@ -46,7 +46,7 @@ def test_old_experiment_analyzes_from_its_files(old_experiment: Path, tmp_path: 
     assert finished["seed"] == 0 and finished["test_acc"] == 1.0 and finished["epochs_done"] == 1
     assert set(exp.bench["variant"]) >= {"eager_fp32", "onnx_fp32", "onnx_int8"}
     analysis, written = analyze_experiment(old_experiment, tmp_path / "report", wandb_mode="disabled")
-    report = written["report.md"].read_text()
+    report = Path(written["report.md"]).read_text()
     assert "is UNFINISHED after 0 epoch(s)" in report and "onnx_int8" in report
 
 

@@ -22,7 +22,7 @@ LAYERS = [
     ("analysis", ["cifar_tune.analysis"]),
     ("bench/export", ["cifar_tune.bench", "cifar_tune.export"]),
     ("trainables", ["cifar_tune.trainables"]),
-    ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config",
+    ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config", "cifar_tune.storage",
               "cifar_tune.plan", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking"]),
 ]
 

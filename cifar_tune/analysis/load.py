@@ -1,7 +1,7 @@
 """An experiment directory as tidy pandas tables, read from files alone (Ray need not run, the
-data need not be where it was).
+data need not be where it was), on local disk or in cloud storage.
 
-    exp = load_experiment("results/study")
+    exp = load_experiment("results/study")      # or "s3://bucket/studies/study"
     exp.trials    one row per trial (cifar_tune.analysis.trials): search values, final metrics,
                   status; errored and unfinished trials are kept and marked, never dropped
     exp.history   one row per trial x epoch
@@ -10,6 +10,9 @@ data need not be where it was).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +23,34 @@ from cifar_tune.analysis.trials import read_table, read_trial_records, trial_tab
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.plan import SearchPlan, search_value
+from cifar_tune.storage import Location
 
 
 class ExperimentNotFound(CifarTuneError):
     """The path is not an experiment folder written by `cifar-tune run`."""
 
 
+def _is_record(rel: str) -> bool:
+    """The small files the tables are made of: not checkpoints, exported models or W&B files."""
+    top, *rest = rel.split("/")
+    inside = rest[0] if rest else ""
+    return not (inside.startswith("checkpoint_") or inside in (names.EXPORT_DIR, "wandb") or top in ("wandb", names.ANALYSIS_DIR))
+
+
+@contextlib.contextmanager
+def local_records(experiment: Location) -> Iterator[Path]:
+    """The experiment folder as a local path to read: itself on local disk; from cloud storage, a
+    temporary copy of its records (trial params, results, Tune's state, bench.csv; no checkpoints)."""
+    if experiment.is_local:
+        yield experiment.local_path
+        return
+    with tempfile.TemporaryDirectory(prefix="cifar-tune-records-") as folder:
+        yield experiment.download(Path(folder), keep=_is_record)
+
+
 @dataclass
 class Experiment:
-    path: Path
+    path: Location  # where the experiment lives (local folder or cloud URI)
     config: ExperimentConfig
     search_columns: list[str]
     trials: pd.DataFrame
@@ -43,12 +65,15 @@ class Experiment:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path).expanduser().resolve()
-    if not (path / names.CONFIG_FILE).is_file():
-        raise ExperimentNotFound(f"{path}: not a cifar-tune experiment directory (no {names.CONFIG_FILE})")
-    config = load_saved_config(path / names.CONFIG_FILE)
+    """Read an experiment folder: a local path or a cloud URI (s3://bucket/prefix/name)."""
+    location = Location.of(path)
+    if not location.is_file(names.CONFIG_FILE):
+        raise ExperimentNotFound(f"{location}: not a cifar-tune experiment directory (no {names.CONFIG_FILE})")
+    config = load_saved_config(location / names.CONFIG_FILE)
     columns = SearchPlan.of(config).columns
-    records = read_trial_records(path)
+    with local_records(location) as folder:
+        records = read_trial_records(folder, shown_at=None if location.is_local else f"{location.scheme}://{location.path}")
+        bench = read_table(folder / names.BENCH_CSV)
     history_rows = []
     for record in records:
         keys = {c: search_value(record.params, c) for c in columns}
@@ -56,5 +81,4 @@ def load_experiment(path: str | Path) -> Experiment:
         keys.setdefault("seed", record.params.get("train", {}).get("seed"))
         trial_id = record.history[-1]["trial_id"] if record.history else Path(record.path).name
         history_rows += [{"trial_id": trial_id, **keys, **row} for row in record.history]
-    return Experiment(path, config, columns, trial_table(records, columns), pd.DataFrame(history_rows),
-                      read_table(path / names.BENCH_CSV))
+    return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench)

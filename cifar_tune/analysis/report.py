@@ -1,5 +1,5 @@
 """The local report: `cifar-tune analyze EXPERIMENT_DIR` writes report.md, PNG plots and a CSV of
-every table into `<experiment dir>/analysis/` (or --out), then the W&B analysis run. Needs no
+every table into `<experiment dir>/analysis/` (or --out; in cloud storage too), then the W&B analysis run. Needs no
 account and no network.
 
 It works on whatever the experiment has: one trial, errored or unfinished trials, no export
@@ -8,6 +8,9 @@ results; and it says what is missing rather than leaving a blank.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +21,7 @@ from cifar_tune.analysis.stats import complete_trials
 from cifar_tune.analysis.summary import Analysis, analyze
 from cifar_tune.analysis.wandb_report import publish
 from cifar_tune.names import ANALYSIS_DIR
+from cifar_tune.storage import Location
 
 
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
@@ -83,20 +87,40 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     return written
 
 
+@contextlib.contextmanager
+def _report_folder(target: Location) -> Iterator[Path]:
+    """A local folder to write the report into; for cloud storage a temporary one, uploaded to
+    `target` at the end."""
+    if target.is_local:
+        yield target.local_path
+        return
+    with tempfile.TemporaryDirectory(prefix="cifar-tune-report-") as folder:
+        yield Path(folder)
+        target.upload(Path(folder))
+
+
 def analyze_experiment(path: str | Path, out: str | Path | None = None,
-                       wandb_mode: str | None = None) -> tuple[Analysis, dict[str, Path]]:
-    """The Python API behind `cifar-tune analyze`: the local report, then (unless the mode is
-    disabled) the W&B analysis run. `wandb_mode` None: the experiment config's wandb.mode."""
+                       wandb_mode: str | None = None) -> tuple[Analysis, dict[str, str]]:
+    """The Python API behind `cifar-tune analyze`: the report (into `out`, default the experiment's
+    analysis/ folder, also in cloud storage), then (unless the mode is disabled) the W&B analysis
+    run. `wandb_mode` None: the experiment config's wandb.mode. Returns {file name: where it is}."""
     experiment = load_experiment(path)
     analysis = analyze(experiment)
-    written = write_report(analysis, Path(out) if out else experiment.path / ANALYSIS_DIR)
-    settings = experiment.config.wandb
+    target = Location.of(out) if out else experiment.path / ANALYSIS_DIR
+    with _report_folder(target) as folder:
+        files = write_report(analysis, folder)
+        run_dir = _publish(analysis, files, wandb_mode)
+    written = {name: (target / name).uri for name in files}
+    if run_dir is not None:
+        written["wandb_run"] = str(run_dir)
+    return analysis, written
+
+
+def _publish(analysis: Analysis, files: dict[str, Path], wandb_mode: str | None) -> Path | None:
+    settings = analysis.experiment.config.wandb
     try:
-        run_dir = publish(analysis, settings, wandb_mode or settings.mode, written)
+        return publish(analysis, settings, wandb_mode or settings.mode, files)
     except Exception as exc:  # W&B down or misconfigured: the local report above is already written
         analysis.missing.append(f"W&B analysis run not published ({type(exc).__name__}: {exc})")
         print(f"W&B: could not publish the analysis run ({type(exc).__name__}: {exc}); the local report is complete")
-        run_dir = None
-    if run_dir is not None:
-        written["wandb_run"] = run_dir
-    return analysis, written
+        return None

@@ -142,15 +142,17 @@ def _read_history(trial_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_trial_records(experiment_dir: str | Path) -> list[TrialRecord]:
-    """Every trial folder of an experiment (those holding Tune's params.json)."""
+def read_trial_records(experiment_dir: str | Path, shown_at: str | None = None) -> list[TrialRecord]:
+    """Every trial folder of an experiment (those holding Tune's params.json). `shown_at`: the
+    experiment's own location when `experiment_dir` is a local copy of it (trial paths then name it)."""
     experiment_dir = Path(experiment_dir)
     statuses = _tune_statuses(experiment_dir)
     records = []
     for trial_dir in sorted(p for p in experiment_dir.iterdir() if (p / names.TRIAL_PARAMS_FILE).is_file()):
         error_file = trial_dir / names.TRIAL_ERROR_FILE
         records.append(TrialRecord(
-            path=str(trial_dir), params=json.loads((trial_dir / names.TRIAL_PARAMS_FILE).read_text()),
+            path=f"{shown_at.rstrip('/')}/{trial_dir.name}" if shown_at else str(trial_dir),
+            params=json.loads((trial_dir / names.TRIAL_PARAMS_FILE).read_text()),
             history=_read_history(trial_dir), tune_status=statuses.get(trial_dir.name),
             error=error_file.read_text() if error_file.is_file() else ""))
     return records

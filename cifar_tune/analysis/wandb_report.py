@@ -57,6 +57,7 @@ def publish(analysis: Analysis, settings: WandbConfig, mode: str, images: dict[s
 
     exp = analysis.experiment
     folder = wandb_dir(exp.path)
+    folder.mkdir(parents=True, exist_ok=True)
     if mode == "offline" and settings.mode == "auto":
         print(offline_note(folder))
     run = wandb.init(project=settings.project, entity=settings.entity, group=exp.path.name, job_type="analysis",

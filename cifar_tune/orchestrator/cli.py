@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except CifarTuneError as exc:
         print(f"cifar-tune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"\nresults: {outcome.path / RESULTS_FILE}")
+    print(f"\nresults: {outcome.location / RESULTS_FILE}")
     if (outcome.table["status"] == ERROR).any():
         return 1
     return INTERRUPTED if (outcome.table["status"] == UNFINISHED).any() else 0

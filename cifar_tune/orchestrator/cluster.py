@@ -35,7 +35,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     address = effective_address(address)
-    if address is not None and not address.startswith("ray://"):
+    if address is not None:  # also for ray://: Ray Client's server asks for the token too
         use_token_auth_if_available()
     try:
         if address is None:

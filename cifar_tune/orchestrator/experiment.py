@@ -4,6 +4,10 @@
     outcome = run_experiment(config)
     outcome.table            # one row per trial, also in <storage_path>/<name>/results.csv
 
+storage_path may be a local folder or cloud storage (s3://bucket/prefix, ...): the saved config,
+results.csv, bench.csv, exports.json and every trial's export/ files go there either way
+(cifar_tune.storage), and `resume` takes the experiment's URI as well as a local path.
+
 Order of work: validate, derive the search plan and preflight it (no Ray, no data), load CIFAR-10
 once, connect to Ray, then hand the data to every trial through the object store.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +26,9 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from cifar_tune.analysis.load import local_records
 from cifar_tune.analysis.stats import fastest_variants
-from cifar_tune.analysis.trials import (
-    TrialRecord,
-    format_table,
-    read_table,
-    read_trial_records,
-    results_view,
-    trial_table,
-)
+from cifar_tune.analysis.trials import format_table, read_trial_records, results_view, trial_table
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE, UNFINISHED
@@ -38,17 +37,23 @@ from cifar_tune.orchestrator.export_hook import ExportCallback
 from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
 from cifar_tune.orchestrator.search import param_space
 from cifar_tune.plan import SearchPlan
+from cifar_tune.storage import Location, StorageError
 from cifar_tune.tracking import apply_wandb_mode, trial_callback
 from cifar_tune.trainables.trainable import train_cifar
 
 
 @dataclass
 class ExperimentOutcome:
-    path: Path
+    location: Location  # <storage_path>/<name>, local or in cloud storage
     table: pd.DataFrame  # one row per trial (results.csv holds its documented columns)
     result_grid: Any  # ray.tune.ResultGrid
     bench: pd.DataFrame  # one row per trial x variant x batch size (bench.csv); empty without exports
     plan: SearchPlan
+
+    @property
+    def path(self) -> Path:
+        """The experiment folder, for local storage (cloud storage: use `location`)."""
+        return self.location.local_path
 
 
 def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
@@ -102,66 +107,80 @@ def _quiet_snapshot_warning() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def _check_fresh(config: ExperimentConfig) -> None:
+@contextlib.contextmanager
+def _cwd_that_outlives_the_job() -> Iterator[None]:
+    """Under `ray job submit --working-dir`, the driver runs inside Ray's unpacked copy of that
+    folder (<temp dir>/session_*/runtime_resources/working_dir_files/...). When several nodes share
+    one Ray temp dir (several `ray start` on one machine), another node's runtime-env agent deletes
+    that copy once its own workers are done with it, and Ray's storage code, which calls
+    os.getcwd() while it lists cloud storage at the end of Tuner.fit, fails with
+    FileNotFoundError. So Tune's loop runs from the system's temp folder; the working directory is
+    restored afterwards if it still exists. Everything cifar-tune needs is an absolute path by then."""
+    cwd = os.getcwd()
+    if "runtime_resources" not in Path(cwd).parts:
+        yield
+        return
+    os.chdir(tempfile.gettempdir())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+
+
+def _storage_error(config: ExperimentConfig, folder: Location, reason: object) -> ConfigError:
+    return ConfigError(f"storage_path {config.storage_path!r}: cannot write the experiment folder {folder} "
+                       f"({reason}); choose a writable storage_path")
+
+
+def _check_fresh(config: ExperimentConfig, folder: Location) -> None:
     """Never start a new experiment on top of an old one: its results would be mixed or lost.
     (A cheap early check; `_claim` below is the one that holds against a concurrent run.)"""
-    folder = config.experiment_dir
-    if config.storage_is_local() and folder.exists() and any(folder.iterdir()):
+    try:
+        taken = bool(folder.listdir())
+    except OSError as exc:  # e.g. a bucket that does not exist, or no permission to list it
+        raise _storage_error(config, folder, exc) from None
+    if taken:
         raise ConfigError(
             f"name: experiment directory {folder} already exists; resume it with "
             f"`cifar-tune resume {folder}` or choose another name (--set name=...)")
 
 
 @contextlib.contextmanager
-def _claim(config: ExperimentConfig) -> Iterator[None]:
-    """Claim the experiment folder for this run, atomically: the saved config is created with
-    O_EXCL, so of two runs started together with one name exactly one gets it; the other stops with
-    a ConfigError (exit code 2) before it writes anything. Released if the run fails to start."""
-    if not config.storage_is_local():  # cloud storage: Tune's own checks only, for now
-        yield
-        return
-    folder = config.experiment_dir
+def _claim(config: ExperimentConfig, folder: Location) -> Iterator[None]:
+    """Claim the experiment folder for this run, atomically: the saved config is created only if
+    absent (O_EXCL on disk, a conditional write on S3), so of two runs started together with one
+    name exactly one gets it; the other stops with a ConfigError (exit code 2) before it writes
+    anything. Released if the run fails to start."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / CONFIG_FILE, "x") as f:
-            f.write(dump_config_text(config))
+        folder.create_exclusive(CONFIG_FILE, dump_config_text(config))
     except FileExistsError:
-        if not folder.is_dir():  # a file where a folder of the path should be
-            raise ConfigError(f"storage_path {config.storage_path!r}: cannot write the experiment folder {folder} "
-                              "(a file is in the way); choose a writable storage_path") from None
+        if folder.is_local and not folder.is_dir():  # a file where a folder of the path should be
+            raise _storage_error(config, folder, "a file is in the way") from None
         raise ConfigError(f"name: experiment directory {folder} was just claimed by another run of the same name; "
                           "choose another name (--set name=...)") from None
+    except StorageError as exc:
+        raise _storage_error(config, folder, exc) from None
     except OSError as exc:
-        raise ConfigError(f"storage_path {config.storage_path!r}: cannot write the experiment folder {folder} "
-                          f"({exc.strerror or exc}); choose a writable storage_path") from None
+        raise _storage_error(config, folder, exc.strerror or exc) from None
     started = False
     try:
         yield
         started = True
     finally:
-        if not started and not any(p.name != CONFIG_FILE for p in folder.iterdir()):
-            (folder / CONFIG_FILE).unlink(missing_ok=True)  # nothing else written: leave no trace
-            folder.rmdir()
+        if not started and folder.listdir() == [CONFIG_FILE]:  # nothing else written: leave no trace
+            folder.delete(CONFIG_FILE)
+            folder.delete_dir_if_empty()
 
 
-def _records_from_grid(grid: Any) -> list[TrialRecord]:
-    """Trial records from Tune's ResultGrid, for storage this process cannot read as files."""
-    records = []
-    for result in grid:
-        history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-        records.append(TrialRecord(path=str(result.path), params=result.config or {}, history=history,
-                                   tune_status="ERROR" if result.error is not None else None,
-                                   error=str(result.error) if result.error is not None else ""))
-    return records
-
-
-def _finish(config: ExperimentConfig, plan: SearchPlan, path: Path, grid: Any, quiet: bool) -> ExperimentOutcome:
-    if config.storage_is_local():
-        table = trial_table(read_trial_records(path), plan.columns)
-        results_view(table, plan.columns).to_csv(path / RESULTS_FILE, index=False)
-    else:
-        table = trial_table(_records_from_grid(grid), plan.columns)
-    bench = read_table(path / BENCH_CSV)
+def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: Any, quiet: bool) -> ExperimentOutcome:
+    # The table is read from the files Tune wrote, as `cifar-tune analyze` reads them, so
+    # results.csv and the analysis agree; from cloud storage through a copy of the small files.
+    shown_at = None if path.is_local else f"{path.scheme}://{path.path}"
+    with local_records(path) as folder:
+        table = trial_table(read_trial_records(folder, shown_at), plan.columns)
+    path.write_csv(RESULTS_FILE, results_view(table, plan.columns))
+    bench = path.read_csv(BENCH_CSV)
     if not quiet:
         print(f"\nResults of {config.name} ({path}):")
         print(format_table(table, plan.columns))
@@ -178,7 +197,7 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Path, grid: Any, q
 
 def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
     hooks: list[Any] = [ExportCallback(config, plan, data)] if config.export.enabled else []
-    wandb_hook = trial_callback(config, config.experiment_dir) if config.storage_is_local() else None
+    wandb_hook = trial_callback(config, config.experiment_location())
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
 
@@ -189,20 +208,21 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
         print(line)
     plan = SearchPlan.of(config)
     preflight(config, plan)
-    _check_fresh(config)
+    folder = config.experiment_location()
+    _check_fresh(config, folder)
     data = load_data(config.data)
-    with _claim(config), ray_session(config.ray.address):
+    with _claim(config, folder), ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        with _quiet_snapshot_warning():
+        with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
             grid = make_tuner(config, plan, data, _callbacks(config, plan, data, callbacks)).fit()
-    return _finish(config, plan, Path(grid.experiment_path), grid, quiet)
+    return _finish(config, plan, folder, grid, quiet)
 
 
 def resume_experiment(path: str | Path, address: str | None = None, quiet: bool = False) -> ExperimentOutcome:
-    """Finish an interrupted experiment: unfinished trials continue, errored ones retry from their
-    last checkpoint, finished ones are left alone."""
-    path = Path(path).expanduser().resolve()
-    if not (path / CONFIG_FILE).is_file() or not tune.Tuner.can_restore(str(path)):
+    """Finish an interrupted experiment (a local folder or a cloud URI): unfinished trials continue,
+    errored ones retry from their last checkpoint, finished ones are left alone."""
+    path = Location.of(path)
+    if not path.is_file(CONFIG_FILE) or not tune.Tuner.can_restore(path.uri):
         raise ConfigError(f"{path}: not a cifar-tune experiment directory (no {CONFIG_FILE} or Tune state); "
                           "give the folder <storage_path>/<name> that `cifar-tune run` created")
     config = load_config(path / CONFIG_FILE)
@@ -215,8 +235,8 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     data = load_data(config.data)
     with ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        tuner = tune.Tuner.restore(str(path), trainable=make_trainable(config, data),
+        tuner = tune.Tuner.restore(path.uri, trainable=make_trainable(config, data),
                                    resume_unfinished=True, resume_errored=True)
-        with _quiet_snapshot_warning():
+        with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
             grid = tuner.fit()
     return _finish(config, plan, path, grid, quiet)

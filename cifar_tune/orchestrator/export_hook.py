@@ -6,12 +6,17 @@ its ObjectRef; blocking there (ray.get) while trials hold every CPU would stall 
 `on_experiment_end` waits for what is still running, at most `export.timeout_s`, and writes
 `bench.csv` (one row per trial x variant x batch size) beside results.csv. A failed or timed-out
 export is recorded with its reason and never fails the experiment.
+
+The task reads the trial's checkpoint from the experiment's storage (a bucket, or a folder) and
+writes the trial's export/ files back there, so it may run on any node of a cluster.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +26,39 @@ import torch
 from pydantic import BaseModel
 from ray import tune
 
-from cifar_tune.analysis.trials import read_table
 from cifar_tune.bench import bench_checkpoint
 from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
 from cifar_tune.names import BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.plan import SearchPlan, search_value
+from cifar_tune.storage import Location
 
 
-def export_trial(checkpoint_dir: str, out_dir: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
+def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
                  data_root: str | None, inject_failure: bool, inject_crash: bool = False) -> dict[str, Any]:
-    """Runs on a worker: export, parity and latency for one checkpoint. Device: what torch sees here."""
+    """Runs on a worker: export, parity and latency for one checkpoint, whose files Ray fetches
+    from storage; the export files go to `out_uri` (a folder or a cloud URI). Device: what torch
+    sees here."""
     if inject_failure:
         raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
+    out = Location.of(out_uri)
     if inject_crash:  # the worker process dies, as an out-of-memory kill would take it
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(out_dir) / "crashed_attempts.txt", "a") as f:
-            f.write(f"{os.getpid()}\n")
+        out.write_text("crashed_attempts.txt", (out.read_text("crashed_attempts.txt") if out.exists("crashed_attempts.txt")
+                                                else "") + f"{os.getpid()}\n")
         os._exit(1)
     config = ExportConfig.model_validate(settings)
     device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
     threads = config.threads or max(1, int(config.cpus))
     test_x, test_y, calibration_x = data
-    return bench_checkpoint(checkpoint_dir, out_dir, test_x, test_y, calibration_x, config, device=device,
-                            threads=threads, data_root=data_root)
+    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory(prefix="cifar-tune-export-") as tmp:
+        folder = out.local_path if out.is_local else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = bench_checkpoint(checkpoint_dir, folder, test_x, test_y, calibration_x, config, device=device,
+                                  threads=threads, data_root=data_root)
+        if not out.is_local:
+            out.upload(folder)
+    return result
 
 
 # On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
@@ -87,7 +100,7 @@ class ExportCallback(tune.Callback):
         self._data_ref: Any = None
         self.pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # trial id -> (ObjectRef, row keys)
         self.outcomes: dict[str, dict[str, Any]] = {}
-        self.experiment_dir: Path | None = None  # where Tune really writes, learnt from the trials
+        self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
@@ -114,22 +127,24 @@ class ExportCallback(tune.Callback):
         if checkpoint is None or "test_acc" not in (trial.last_result or {}):
             return  # stopped early by the scheduler: no final weights to export
         train = trial.config.get("train", {})
-        # The trial's own folder tells where this run writes, even for an experiment moved since.
-        self.experiment_dir = Path(trial.path).parent
+        # The trial's own folder tells where this run writes, even for an experiment moved since;
+        # trial.path is a path on the storage's filesystem (for s3://bucket/x: bucket/x/...).
+        trial_dir = Location.of(self.config.storage_path).at(trial.path)
+        self.experiment_dir = trial_dir.at(posixpath.dirname(trial.path))
         row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
                **{c: search_value(trial.config, c) for c in self.search_columns}}
         export = self.config.export
         gpus = export_gpus(self.config)
         task = export_on_gpu if gpus > 0 else export_on_cpu
         ref = task.options(num_cpus=export.cpus, num_gpus=gpus).remote(
-            checkpoint.path, str(Path(trial.path) / EXPORT_DIR), self._data(), export.model_dump(),
+            checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
             self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed,
             train.get("seed") == self.config.debug.crash_export_seed)
         self.pending[trial.trial_id] = (ref, row)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.collect(self.config.export.timeout_s)
-        if self.config.storage_is_local() and self.experiment_dir is not None:
+        if self.experiment_dir is not None:
             self.write(self.experiment_dir)
 
     def collect(self, timeout_s: float) -> None:
@@ -152,11 +167,10 @@ class ExportCallback(tune.Callback):
                                        "reason": f"no export finished within export.timeout_s={timeout_s:g}"}
         self.pending.clear()
 
-    def write(self, experiment_dir: Path) -> pd.DataFrame:
+    def write(self, experiment_dir: Location) -> pd.DataFrame:
         """bench.csv and exports.json; rows of trials exported by an earlier run are kept."""
-        summary_path, bench_path = experiment_dir / EXPORTS_JSON, experiment_dir / BENCH_CSV
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        earlier = read_table(bench_path)
+        summary = json.loads(experiment_dir.read_text(EXPORTS_JSON)) if experiment_dir.is_file(EXPORTS_JSON) else {}
+        earlier = experiment_dir.read_csv(BENCH_CSV)
         if not earlier.empty:
             earlier = earlier[~earlier["trial_id"].isin(list(self.outcomes))]
         rows = []
@@ -166,7 +180,7 @@ class ExportCallback(tune.Callback):
                 rows.append({**keys, **bench})
             summary[trial_id] = {k: v for k, v in outcome.items() if k != "result"}
         table = pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True)
-        table.to_csv(bench_path, index=False)
-        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        experiment_dir.write_csv(BENCH_CSV, table)
+        experiment_dir.write_text(EXPORTS_JSON, json.dumps(summary, indent=2, default=str))
         return table
 

@@ -65,7 +65,7 @@ def describe_plan(config: ExperimentConfig, plan: SearchPlan, notes: list[str] =
     trials = plan.trials
     res = config.resources
     lines = [*notes,
-        f"experiment {config.name!r} -> {config.experiment_dir if config.storage_is_local() else config.storage_path}",
+        f"experiment {config.name!r} -> {config.experiment_uri()}",
         f"{len(trials)} trial(s) x {config.train.epochs} epoch(s) on {device}; each trial: "
         f"{res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU; scheduler {config.tune.scheduler}, "
         f"metric {config.tune.metric} ({config.tune.mode})",

@@ -1,0 +1,63 @@
+"""A local S3-compatible server for tests: moto's server mode on 127.0.0.1 (as Ray's own storage
+tests use), started and stopped by this test process, by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from ray_cluster import free_port
+
+# Distinctive, so the tests can look for it in everything cifar-tune wrote: it must be nowhere.
+SECRET = "cifar-tune-test-secret-7f3a9c"
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables pointing at the local server (boto3 and pyarrow both read them)."""
+    return {"AWS_ACCESS_KEY_ID": "cifar-tune-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """Start the server; yields its endpoint URL (http://127.0.0.1:PORT)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def client(endpoint: str):  # noqa: ANN201 (a boto3 client)
+    import boto3
+
+    env = s3_env(endpoint)
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+
+
+def objects(endpoint: str, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under `prefix`: {key: content}."""
+    s3 = client(endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
