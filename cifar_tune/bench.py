@@ -7,7 +7,8 @@ predicted class, max / mean absolute logit difference. fp32 variants must agree 
 `max_accuracy_drop_pp` points. Outside that: `parity_failed`, and never the "fastest variant".
 
 Latency: per variant and batch size, warm-up runs, then timed runs until both `min_runs` and
-`min_duration_s` are reached; p50 / p90 / p99 and images/s (batch / p50). The input is already
+`min_duration_s` are reached; p50 with a 95% interval from order statistics, p90 / p99 only where
+the runs support them (10 / 100 at least), and images/s (batch / p50). The input is already
 where the variant wants it (on the GPU, bound for ONNX Runtime), so only compute is timed, and
 CUDA work is synchronized before every clock read.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,30 @@ def parity(variant: Variant, images: torch.Tensor, labels: torch.Tensor, referen
 # --------------------------------------------------------------------------- latency
 
 
+def median_interval(times: list[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median from order statistics: [x(r), x(n-r+1)] of the
+    sorted sample, r the largest rank whose binomial tail P(B < r), B ~ Bin(n, 1/2), stays under
+    (1 - confidence) / 2. (NaN, NaN) when the sample is too small for one (n < 6 at 95%)."""
+    x = np.sort(np.asarray(times, dtype=float))
+    n, tail = len(x), (1 - confidence) / 2
+    r, below = 0, 0.0  # invariant: below = P(B <= r - 1)
+    while r < n // 2:
+        below_next = below + math.comb(n, r) / 2**n
+        if below_next > tail:
+            break
+        below, r = below_next, r + 1
+    return (float(x[r - 1]), float(x[n - r])) if r >= 1 else (math.nan, math.nan)
+
+
+def percentile_or_nan(times: list[float] | np.ndarray, q: float) -> float:
+    """The q-th percentile where the sample supports it: at least 1 / (1 - q/100) runs (p90: 10,
+    p99: 100); below that it would only be the maximum under another name, so NaN."""
+    return float(np.percentile(times, q)) if len(times) >= round(1 / (1 - q / 100)) else math.nan
+
+
 def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[str, Any]:
+    """Timed runs of one variant at one batch size: p50 with its 95% interval (order statistics),
+    p90 and p99 where there are enough runs for them (else empty: see `runs`), mean, images/s."""
     x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
     for _ in range(settings.warmup_runs):
         variant.run(x)
@@ -114,9 +139,12 @@ def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[s
         variant.run(x)
         variant.sync()
         times.append(time.perf_counter() - t0)
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"batch_size": batch_size, "runs": len(times), "p50_ms": 1e3 * p50, "p90_ms": 1e3 * p90,
-            "p99_ms": 1e3 * p99, "mean_ms": 1e3 * float(np.mean(times)), "images_per_s": batch_size / p50}
+    p50 = float(np.percentile(times, 50))
+    low, high = median_interval(times)
+    return {"batch_size": batch_size, "runs": len(times), "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
+            "p50_ci_high_ms": 1e3 * high, "p90_ms": 1e3 * percentile_or_nan(times, 90),
+            "p99_ms": 1e3 * percentile_or_nan(times, 99), "mean_ms": 1e3 * float(np.mean(times)),
+            "images_per_s": batch_size / p50}
 
 
 def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int = 100) -> list[dict[str, Any]]:
@@ -173,6 +201,7 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
     parity_rows = [parity(v, images, test_y, reference, settings) for v in variants]
     parity_rows += [{"variant": name, "status": "export_failed", "reason": reason} for name, reason in failed.items()]
     status = {row["variant"]: row["status"] for row in parity_rows}
+    change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}
 
     env = environment(threads)
     bench_rows = []
@@ -180,7 +209,8 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
         for batch_size in settings.batch_sizes:
             row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
                    "device": str(variant.device), "device_name": device_name(variant.device),
-                   "parity": status[variant.name], **env}
+                   "parity": status[variant.name], "accuracy_change_pp": change[variant.name][0],
+                   "agreement": change[variant.name][1], **env}
             try:
                 row.update(latency(variant, batch_size, settings))
             except Exception as exc:  # e.g. out of memory at the largest batch

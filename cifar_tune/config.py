@@ -186,6 +186,11 @@ class WandbConfig(Section):
     tags: list[str] = Field(default_factory=list, description="Extra tags on every run (precision and seed are added).")
 
 
+class AnalysisConfig(Section):
+    margin_pp: float = Field(0.5, gt=0, description="Equivalence margin in test-accuracy points: a precision is "
+                                                     "'equivalent' to fp32 when the 95% CI lies within +-margin.")
+
+
 class DebugConfig(Section):
     fail_at_epoch: int | None = Field(
         None, gt=0, description="Testing aid: a trial raises once, right after checkpointing this epoch."
@@ -271,6 +276,7 @@ class ExperimentConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @field_validator("name")

@@ -4,9 +4,10 @@ One place, so the run, resume, export, bench and analysis code cannot drift apar
 learns an experiment folder's layout here:
 
     <storage_path>/<name>/            the experiment (EXPERIMENT files below, plus Tune's own state)
-        <trial>/checkpoint_*/         STATE_FILE, BEST_FILE
+        <trial>/checkpoint_*/         STATE_FILE, BEST_FILE (the last one also PREDICTIONS_FILE)
         <trial>/export/               EXPORT files, PARITY_FILE, BENCH_FILE
         analysis/                     report.md, plots, CSVs
+        extend-<k>/                   an experiment of more seeds (`cifar-tune extend`), same layout
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ RESULTS_FILE = "results.csv"  # one row per trial
 BENCH_CSV = "bench.csv"  # one row per trial x variant x batch size
 EXPORTS_JSON = "exports.json"  # per trial: ok / failed / timeout, with the reason
 ANALYSIS_DIR = "analysis"  # what `cifar-tune analyze` writes, unless --out
+EXTENSION_PREFIX = "extend-"  # <experiment>/extend-<k>/: more seeds added by `cifar-tune extend`
 TRIAL_PARAMS_FILE = "params.json"  # Tune's: the trial's config
 TRIAL_RESULT_FILE = "result.json"  # Tune's: one JSON line per reported epoch
 TRIAL_ERROR_FILE = "error.txt"  # Tune's: the traceback of a failed trial
@@ -25,6 +27,7 @@ EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's: trial statuses
 # --------------------------------------------------------------------------- checkpoints
 STATE_FILE = "state.pt"  # everything needed to resume a trial
 BEST_FILE = "best_model.pt"  # the best-validation weights, for testing and export
+PREDICTIONS_FILE = "test_predictions.npy"  # in the last checkpoint: predicted and true class per test image
 CHECKPOINT_GLOB = "checkpoint_*"
 
 # --------------------------------------------------------------------------- exports

@@ -46,8 +46,10 @@ class Location:
     query: str = ""  # kept from the URI (endpoint_override=...), so `uri` gives back a usable URI
 
     @classmethod
-    def of(cls, where: str | Path) -> Location:
-        """A local path (relative ones are made absolute) or a URI."""
+    def of(cls, where: str | Path | Location) -> Location:
+        """A local path (relative ones are made absolute), a URI, or a Location (returned as is)."""
+        if isinstance(where, Location):
+            return where
         if not is_uri(where):
             return cls(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
         parts = urlsplit(str(where))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
+_HEAD_PORTS: dict[str, int] = {}  # temp dir of a head node -> its GCS port
 
 
 def free_port() -> int:
@@ -45,6 +46,8 @@ def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = No
     agent = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
     started = subprocess.run([RAY, "start", *where, *agent, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
                               "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)
+    if head:
+        _HEAD_PORTS[temp_dir] = port
     if started.returncode != 0:
         stop_node(temp_dir)
         raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
@@ -53,11 +56,15 @@ def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = No
 
 def stop_node(temp_dir: str) -> None:
     """Kill this node only: its processes name its temp dir, and its agents are their children.
-    (gcs_server and raylet ignore SIGTERM: SIGKILL.)"""
+    A head's Ray Client server and the per-client servers it starts name only the cluster's
+    address, and outlive the node otherwise (holding port 23000, which the next cluster's Ray
+    Client then cannot use). (gcs_server and raylet ignore SIGTERM: SIGKILL.)"""
     def pgrep(*args: str) -> list[str]:
         return subprocess.run(["pgrep", *args], capture_output=True, text=True).stdout.split()
 
     owners = pgrep("-f", temp_dir)
+    if temp_dir in _HEAD_PORTS:
+        owners += pgrep("-f", rf"ray\.util\.client\.server --address=[^ ]+:{_HEAD_PORTS.pop(temp_dir)} ")
     children = [child for pid in owners for child in pgrep("-P", pid)]
     if owners or children:
         subprocess.run(["kill", "-9", *owners, *children], capture_output=True)

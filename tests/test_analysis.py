@@ -46,6 +46,11 @@ def test_loading_gives_tidy_tables(smoke: Path) -> None:
     assert set(exp.trials["precision"]) == {"fp32", SECOND_PRECISION} and exp.group_columns == ["precision"]
     assert len(exp.history) == 8 and {"epoch", "val_acc", "train_loss", "seed"} <= set(exp.history.columns)
     assert not exp.bench.empty and {"variant", "p50_ms", "precision", "seed"} <= set(exp.bench.columns)
+    # Every finished trial saved its test predictions; they give back its test accuracy exactly.
+    assert set(exp.predictions) == set(exp.trials["trial_id"])
+    for _, trial in exp.trials.iterrows():
+        predicted, true = exp.predictions[trial["trial_id"]]
+        assert (predicted == true).mean() == pytest.approx(trial["test_acc"], abs=1e-6)
 
 
 def test_analyze_writes_report_plots_and_csvs(smoke: Path, capsys) -> None:
@@ -54,15 +59,20 @@ def test_analyze_writes_report_plots_and_csvs(smoke: Path, capsys) -> None:
     out = smoke / "analysis"
     report = (out / "report.md").read_text()
     for heading in ("## Conclusions", "## The original study's table", "## Against the fp32 baseline",
-                    "## Inference speedup over eager fp32"):
+                    "## Image by image", "## Inference speedup over eager fp32"):
         assert heading in report
-    assert "Best Training Accuracy (epoch)" in report and "n=2+2" in report
-    for name in ("test_acc.png", "training_time.png", "val_acc.png", "latency.png"):
+    assert "Best Training Accuracy (epoch)" in report and "paired over 2 seeds" in report
+    assert "image by image over 2 seed pair(s)" in report and "McNemar exact p=" in report
+    for name in ("test_acc.png", "training_time.png", "val_acc.png", "latency.png", "speedup_vs_accuracy.png"):
         _png_ok(out / name)
         assert f"]({name})" in report
     for name in ("trials.csv", "history.csv", "aggregate.csv", "comparison.csv", "original_study_table.csv",
-                 "inference_speedups.csv"):
+                 "inference_speedups.csv", "per_image.csv"):
         assert len(pd.read_csv(out / name)) > 0, name
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert {"precision", "n_pairs", "mean_diff_pp", "ci_low_pp", "ci_high_pp", "p_paired", "p_tost", "p_holm",
+            "verdict", "mcnemar_p"} <= set(comparison.columns)
+    assert comparison["mcnemar_p"].between(0, 1).all() and comparison["n_pairs"].tolist() == [2]
     speedups = pd.read_csv(out / "inference_speedups.csv")
     assert (speedups.loc[speedups["variant"] == "eager_fp32", "speedup"] == 1.0).all()
 

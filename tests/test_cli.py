@@ -10,12 +10,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pytest
 import yaml
-from ray_cluster import RAY, clean_env, free_port, start_node, stop_node, submit_job
+from ray_cluster import RAY, clean_env, free_port, start_node, stop_node
 
 from cifar_tune.orchestrator.cli import main
 
@@ -27,7 +27,7 @@ def _write(raw: dict[str, Any], path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["resume"], ["bench"], ["analyze"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["resume"], ["extend"], ["bench"], ["analyze"]])
 def test_help(command: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -98,14 +98,19 @@ def cluster() -> Iterator[str]:
         stop_node(temp_dir)
 
 
+class TwoNodes(NamedTuple):
+    address: str  # host:port of the head
+    client: str  # ray://host:port of its Ray Client server
+
+
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
+def two_nodes() -> Iterator[TwoNodes]:
     """A head and a worker node of one CPU each: two one-CPU trials must use both."""
-    port = free_port()
-    nodes = [start_node(port, head=True, cpus=1)]
+    port, client = free_port(), free_port()
+    nodes = [start_node(port, head=True, cpus=1, client_port=client)]
     try:
         nodes.append(start_node(port, head=False, cpus=1))
-        yield f"127.0.0.1:{port}"
+        yield TwoNodes(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}")
     finally:
         for temp_dir in reversed(nodes):
             stop_node(temp_dir)
@@ -143,11 +148,15 @@ def test_notebook_that_imported_ray_first_joins_the_cluster(cluster: str, tiny_r
 
 
 @pytest.mark.slow
-def test_trials_spread_over_two_nodes_and_say_where_they_ran(two_nodes: str, tiny_raw, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["address", "ray_client"])
+def test_trials_spread_over_two_nodes_and_say_where_they_ran(two_nodes: TwoNodes, via: str, tiny_raw,
+                                                             tmp_path: Path) -> None:
+    """Joined by host:port, and through Ray Client (ray://; Tune's loop then runs on the cluster)."""
     raw = {**tiny_raw, "search": {"seed": [0, 1]}, "train": {**tiny_raw["train"], "epochs": 2}}
     path = _write(raw, tmp_path / "exp.yaml")
+    address = two_nodes.address if via == "address" else two_nodes.client
     # One machine, so its folder is shared by both nodes; on a real cluster: cloud or shared storage.
-    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", two_nodes], capture_output=True, text=True,
+    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", address], capture_output=True, text=True,
                             timeout=600, env=clean_env(CIFAR_TUNE_SHARED_STORAGE="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(Path(raw["storage_path"]) / "tiny" / "results.csv")
@@ -157,42 +166,9 @@ def test_trials_spread_over_two_nodes_and_say_where_they_ran(two_nodes: str, tin
 
 
 @pytest.mark.slow
-def test_local_storage_is_refused_on_two_nodes(two_nodes: str, tiny_raw, tmp_path: Path) -> None:
+def test_local_storage_is_refused_on_two_nodes(two_nodes: TwoNodes, tiny_raw, tmp_path: Path) -> None:
     path = _write(tiny_raw, tmp_path / "exp.yaml")
-    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", two_nodes], capture_output=True, text=True,
+    result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", two_nodes.address], capture_output=True, text=True,
                             timeout=300, env=clean_env())
     assert result.returncode == 2 and "2-node cluster" in result.stderr
     assert not (Path(tiny_raw["storage_path"]) / "tiny").exists()  # the claim was released: nothing left
-
-
-@pytest.mark.slow
-def test_ray_job_submit_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
-    """`ray job submit --working-dir .`, as the README shows, on a token-auth cluster with a dashboard."""
-    port, dashboard = free_port(), free_port()
-    temp_dir = start_node(port, head=True, cpus=2, dashboard_port=dashboard)
-    try:
-        path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
-        root = Path(__file__).resolve().parent.parent
-        result = submit_job(dashboard, root, [CIFAR_TUNE, "run", str(path)])
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-        assert "succeeded" in result.stdout + result.stderr
-        table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
-        assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
-    finally:
-        stop_node(temp_dir)
-
-
-@pytest.mark.slow
-def test_ray_client_address_runs_an_experiment(tiny_raw, tmp_path: Path) -> None:
-    """`--address ray://host:port`, as the README shows: Tune's loop runs on the cluster through Ray Client."""
-    port, client = free_port(), free_port()
-    temp_dir = start_node(port, head=True, cpus=2, client_port=client)
-    try:
-        path = _write({**tiny_raw, "search": {"seed": [0, 1]}}, tmp_path / "exp.yaml")
-        result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", f"ray://127.0.0.1:{client}"],
-                                capture_output=True, text=True, timeout=600, env=clean_env())
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-        table = pd.read_csv(Path(tiny_raw["storage_path"]) / "tiny" / "results.csv")
-        assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
-    finally:
-        stop_node(temp_dir)

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from cifar_tune import export as export_mod
 from cifar_tune.analysis.stats import fastest_variants, inference_speedups
-from cifar_tune.bench import BENCH_FILE, PARITY_FILE, BenchPathError, bench_checkpoint, locate_checkpoint
+from cifar_tune.bench import (
+    BENCH_FILE,
+    PARITY_FILE,
+    BenchPathError,
+    bench_checkpoint,
+    locate_checkpoint,
+    median_interval,
+    percentile_or_nan,
+)
 from cifar_tune.config import ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
 from cifar_tune.orchestrator.cli import main
@@ -28,7 +39,7 @@ QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration
 PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", "accuracy", "accuracy_change_pp",
                  "agreement", "max_abs_diff", "mean_abs_diff", "tolerance", "status"}
 BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
-                "p90_ms", "p99_ms", "mean_ms", "images_per_s", "device_name", "torch_version",
+                "p50_ci_low_ms", "p50_ci_high_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "device_name", "torch_version",
                 "onnxruntime_version", "onnx_version", "threads", "date"}
 # eager_bf16 only where this CPU runs bf16 natively (the export skips it elsewhere, as it would crawl).
 CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "torchscript", "onnx_fp32", "onnx_int8"} | (
@@ -108,7 +119,10 @@ def test_bench_and_parity_files_have_the_documented_fields(exported) -> None:
     assert len(bench["results"]) == len(CPU_VARIANTS) * len(QUICK.batch_sizes)
     for row in bench["results"]:
         assert BENCH_FIELDS <= set(row), set(BENCH_FIELDS) - set(row)
-        assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["runs"] >= QUICK.min_runs
+        assert row["p50_ms"] > 0 and row["runs"] >= QUICK.min_runs
+        # A handful of quick runs supports a median, not its interval (6 runs) nor a p90 (10) or p99 (100).
+        for column, needed in (("p50_ci_low_ms", 6), ("p90_ms", 10), ("p99_ms", 100)):
+            assert math.isnan(row[column]) == (row["runs"] < needed), (column, row["runs"])
         assert row["threads"] == 1 and row["runtime"] in ("torch", "CPUExecutionProvider")
 
 
@@ -185,7 +199,7 @@ def test_end_of_run_summary_and_report_use_one_speedup() -> None:
                   "parity": "ok"}]
     bench = pd.DataFrame(rows)
     report = inference_speedups(bench).set_index("variant").loc["onnx_fp32", "speedup"]
-    assert report == pytest.approx((2.0 + 4.0) / 2)  # mean of the per-trial ratios 2x and 4x
+    assert report == pytest.approx(math.sqrt(2.0 * 4.0))  # geometric mean of the per-trial ratios 2x and 4x
     assert fastest_variants(bench).loc[0, "speedup, batch 1"] == pytest.approx(report)
 
 
@@ -259,3 +273,21 @@ def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray
     crashed = outcome.table.loc[outcome.table["seed"] == 1, "path"].item()
     attempts = (Path(crashed) / "export" / "crashed_attempts.txt").read_text().split()
     assert len(attempts) == 2 and len(set(attempts)) == 2  # the first try and one retry, each in its own worker
+
+
+@pytest.mark.parametrize("n", [6, 10, 25, 100, 1000])
+def test_median_interval_from_order_statistics(n: int) -> None:
+    times = np.random.default_rng(n).lognormal(size=n)
+    low, high = median_interval(times)
+    x = np.sort(times)
+    r = int(np.flatnonzero(x == low)[0]) + 1  # the rank of the lower bound
+    assert x[n - r] == high  # symmetric ranks: x(r) and x(n - r + 1)
+    coverage = lambda rank: 1 - 2 * stats.binom.cdf(rank - 1, n, 0.5)  # noqa: E731
+    assert coverage(r) >= 0.95 > coverage(r + 1)  # the narrowest interval that still covers 95%
+    assert low <= np.median(times) <= high
+
+
+def test_too_few_runs_give_no_interval_and_no_tail_percentiles() -> None:
+    assert all(math.isnan(v) for v in median_interval([1.0, 2.0, 3.0, 4.0, 5.0]))  # n=5 covers only 94%
+    assert math.isnan(percentile_or_nan(np.arange(99.0), 99)) and not math.isnan(percentile_or_nan(np.arange(100.0), 99))
+    assert math.isnan(percentile_or_nan(np.arange(9.0), 90)) and percentile_or_nan(np.arange(10.0), 90) == pytest.approx(8.1)

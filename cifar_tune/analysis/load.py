@@ -3,9 +3,11 @@ data need not be where it was), on local disk or in cloud storage.
 
     exp = load_experiment("results/study")      # or "s3://bucket/studies/study"
     exp.trials    one row per trial (cifar_tune.analysis.trials): search values, final metrics,
-                  status; errored and unfinished trials are kept and marked, never dropped
+                  status; errored and unfinished trials are kept and marked, never dropped;
+                  the trials of extensions (extend-<k>/, `cifar-tune extend`) too
     exp.history   one row per trial x epoch
     exp.bench     one row per trial x variant x batch size (bench.csv; empty without exports)
+    exp.predictions  per finished trial: predicted and true class of every test image
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cifar_tune import names
-from cifar_tune.analysis.trials import read_table, read_trial_records, trial_table
+from cifar_tune.analysis.trials import read_all_trial_records, read_table, trial_table
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.plan import SearchPlan, search_value
@@ -31,10 +34,12 @@ class ExperimentNotFound(CifarTuneError):
 
 
 def _is_record(rel: str) -> bool:
-    """The small files the tables are made of: not checkpoints, exported models or W&B files."""
-    top, *rest = rel.split("/")
-    inside = rest[0] if rest else ""
-    return not (inside.startswith("checkpoint_") or inside in (names.EXPORT_DIR, "wandb") or top in ("wandb", names.ANALYSIS_DIR))
+    """The small files the tables are made of: not checkpoints (but their test predictions),
+    exported models, W&B files or an earlier analysis (also inside extend-<k>/ folders)."""
+    *folders, name = rel.split("/")
+    if any(folder.startswith("checkpoint_") for folder in folders):
+        return name == names.PREDICTIONS_FILE  # of a checkpoint, only the test predictions
+    return not any(folder in (names.EXPORT_DIR, "wandb", names.ANALYSIS_DIR) for folder in folders)
 
 
 @contextlib.contextmanager
@@ -56,6 +61,7 @@ class Experiment:
     trials: pd.DataFrame
     history: pd.DataFrame
     bench: pd.DataFrame = field(default_factory=pd.DataFrame)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> (predicted, true) per test image
 
     @property
     def group_columns(self) -> list[str]:
@@ -72,13 +78,16 @@ def load_experiment(path: str | Path) -> Experiment:
     config = load_saved_config(location / names.CONFIG_FILE)
     columns = SearchPlan.of(config).columns
     with local_records(location) as folder:
-        records = read_trial_records(folder, shown_at=None if location.is_local else f"{location.scheme}://{location.path}")
+        records = read_all_trial_records(folder, None if location.is_local else f"{location.scheme}://{location.path}")
         bench = read_table(folder / names.BENCH_CSV)
-    history_rows = []
+    history_rows, predictions = [], {}
     for record in records:
         keys = {c: search_value(record.params, c) for c in columns}
         keys.setdefault("precision", record.params.get("train", {}).get("precision"))
         keys.setdefault("seed", record.params.get("train", {}).get("seed"))
         trial_id = record.history[-1]["trial_id"] if record.history else Path(record.path).name
         history_rows += [{"trial_id": trial_id, **keys, **row} for row in record.history]
-    return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench)
+        if record.predictions is not None:
+            predictions[trial_id] = record.predictions
+    return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench,
+                      predictions)

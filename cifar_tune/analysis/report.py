@@ -16,12 +16,34 @@ from pathlib import Path
 import pandas as pd
 
 from cifar_tune.analysis.load import load_experiment
-from cifar_tune.analysis.plots import plot_latency, plot_metric_per_precision, plot_val_curves
+from cifar_tune.analysis.plots import (
+    plot_latency,
+    plot_metric_per_precision,
+    plot_speedup_vs_accuracy,
+    plot_val_curves,
+)
 from cifar_tune.analysis.stats import complete_trials
 from cifar_tune.analysis.summary import Analysis, analyze
 from cifar_tune.analysis.wandb_report import publish
 from cifar_tune.names import ANALYSIS_DIR
 from cifar_tune.storage import Location
+
+COMPARISON_METHOD = """\
+Seed k of every precision starts from the same initial weights and sees the same data order and
+augmentation as seed k of fp32, so each precision is compared with fp32 seed by seed: the mean of
+the per-seed differences in test accuracy (points) with a paired-t 95% interval (`ci_low_pp` to
+`ci_high_pp`) and a bootstrap interval as a check that does not assume normality (in
+comparison.csv). Verdicts, with margin {margin:g} pp (`analysis.margin_pp`): `equivalent` when the
+interval lies within ±{margin:g} pp, `different` when it excludes 0, `inconclusive` otherwise.
+`p_tost` tests equivalence (two one-sided tests), `p_holm` is the paired p-value adjusted (Holm)
+across all comparisons here, `seeds_for_margin` is how many seeds would bring the interval within
+the margin at the observed spread. Welch's unpaired test, which ignores the pairing, is in
+comparison.csv as a check. `mcnemar_p`: McNemar's exact test on the test images one precision gets
+right and the other wrong, pooled over the seed pairs (per pair in per_image.csv).
+
+"""
+COMPARISON_COLUMNS = ["precision", "n_pairs", "mean_diff_pp", "ci_low_pp", "ci_high_pp", "p_paired", "p_tost", "p_holm",
+                      "verdict", "mcnemar_p", "seeds_for_margin", "train_speedup", "speedup_ci_low", "speedup_ci_high"]
 
 
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
@@ -42,7 +64,7 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     tables = {"trials": exp.trials, "history": exp.history, "aggregate": analysis.aggregate,
               "comparison": analysis.comparison, "original_study_table": analysis.original,
-              "inference_speedups": analysis.inference}
+              "inference_speedups": analysis.inference, "per_image": analysis.per_image}
     for name, table in tables.items():
         if not table.empty:
             written[f"{name}.csv"] = out / f"{name}.csv"
@@ -51,9 +73,9 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     plots = []
     if not done.empty:
         written["test_acc.png"] = plot_metric_per_precision(done, "test_acc", "test accuracy (%)",
-                                                            out / "test_acc.png", 100)
+                                                            out / "test_acc.png", 100, bounds=(0, 100))
         written["training_time.png"] = plot_metric_per_precision(done, "training_time_s", "training time (s)",
-                                                                 out / "training_time.png")
+                                                                 out / "training_time.png", log=True)
         plots += [("Test accuracy per precision", "test_acc.png"), ("Training time per precision", "training_time.png")]
     if not exp.history.empty:
         written["val_acc.png"] = plot_val_curves(exp.history, out / "val_acc.png")
@@ -61,13 +83,18 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     if not exp.bench.empty and "p50_ms" in exp.bench:
         written["latency.png"] = plot_latency(exp.bench, out / "latency.png")
         plots.append(("Inference latency per variant and batch size", "latency.png"))
+        if not analysis.inference.empty and analysis.inference["accuracy_change_pp"].notna().any():
+            written["speedup_vs_accuracy.png"] = plot_speedup_vs_accuracy(analysis.inference,
+                                                                          out / "speedup_vs_accuracy.png")
+            plots.append(("What each deployment form costs: speedup against accuracy change", "speedup_vs_accuracy.png"))
 
     counts = exp.trials["status"].value_counts().to_dict() if not exp.trials.empty else {}
     parts = [
         f"# Analysis of `{exp.path.name}`\n",
         f"Experiment directory: `{exp.path}`. Trials: {len(exp.trials)} "
         f"({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}); {len(done)} complete, used below. "
-        "Intervals are 95%: Student t for means, Welch for differences, log-scale Welch for speedups.\n",
+        "Intervals are 95%: Student t for means, paired t (and a bootstrap check) for accuracy differences, "
+        "log-scale Welch for speedups.\n",
         "## Conclusions\n",
         "\n".join(f"- {line}" for line in analysis.conclusions) or "- No comparison possible (see below).",
         "",
@@ -78,8 +105,12 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
               "Mean ± 95% CI half-width over seeds (accuracies in %; training accuracy's epoch in brackets).\n",
               _markdown(analysis.original, index=True),
               "## Per precision, across seeds\n", _markdown(analysis.aggregate),
-              "## Against the fp32 baseline\n", _markdown(analysis.comparison),
-              "## Inference speedup over eager fp32 (same trial), mean across trials\n",
+              "## Against the fp32 baseline\n", COMPARISON_METHOD.format(margin=analysis.margin_pp),
+              _markdown(analysis.comparison[[c for c in COMPARISON_COLUMNS if c in analysis.comparison]]
+                        if not analysis.comparison.empty else analysis.comparison),
+              "## Image by image: test images only one of the pair gets right\n",
+              _markdown(analysis.per_image),
+              "## Inference speedup over eager fp32 (same trial), geometric mean across trials\n",
               _markdown(analysis.inference)]
     parts += [f"## {title}\n\n![{title}]({name})\n" for title, name in plots]
     written["report.md"] = out / "report.md"
@@ -99,13 +130,14 @@ def _report_folder(target: Location) -> Iterator[Path]:
         target.upload(Path(folder))
 
 
-def analyze_experiment(path: str | Path, out: str | Path | None = None,
-                       wandb_mode: str | None = None) -> tuple[Analysis, dict[str, str]]:
+def analyze_experiment(path: str | Path, out: str | Path | None = None, wandb_mode: str | None = None,
+                       margin_pp: float | None = None) -> tuple[Analysis, dict[str, str]]:
     """The Python API behind `cifar-tune analyze`: the report (into `out`, default the experiment's
     analysis/ folder, also in cloud storage), then (unless the mode is disabled) the W&B analysis
-    run. `wandb_mode` None: the experiment config's wandb.mode. Returns {file name: where it is}."""
+    run. `wandb_mode` None: the experiment config's wandb.mode; `margin_pp` None: its
+    analysis.margin_pp. Returns {file name: where it is}."""
     experiment = load_experiment(path)
-    analysis = analyze(experiment)
+    analysis = analyze(experiment, margin_pp=margin_pp)
     target = Location.of(out) if out else experiment.path / ANALYSIS_DIR
     with _report_folder(target) as folder:
         files = write_report(analysis, folder)

@@ -1,8 +1,8 @@
-"""Seeds aggregated into estimates with error bars, and every precision compared with fp32.
+"""Seeds aggregated into estimates with error bars (the comparisons of precisions: compare.py).
 
-All intervals are 95%. Means get Student-t intervals; differences in accuracy get Welch's t-test
-(unequal variances) and its interval; speedups are ratios of geometric means, with the interval
-from Welch's t on log times, exponentiated. Everything comes from scipy.stats.
+All intervals are 95%. Means get Student-t intervals; differences get Welch's t-test (unequal
+variances) and its interval; speedups are ratios of geometric means, with the interval from
+Welch's t on log times, exponentiated. Everything comes from scipy.stats.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["complete"]] if "complete" in trials else trials
 
 
-def mean_ci(values: Any) -> dict[str, float]:
-    """n, mean, std and the Student-t 95% interval of the mean (NaN with fewer than 2 values)."""
+def mean_ci(values: Any, log: bool = False, bounds: tuple[float, float] | None = None) -> dict[str, float]:
+    """n, mean, std and the Student-t 95% interval of the mean (NaN with fewer than 2 values).
+
+    `log`: for positive quantities (times, throughputs, ratios): `mean` is the geometric mean and
+    the interval is computed on the log scale and exponentiated, so it can never reach 0 or below.
+    `bounds`: an interval for a bounded quantity (an accuracy) is clipped to them."""
     x = pd.Series(values, dtype=float).dropna().to_numpy()
+    if log:
+        x = np.log(x[x > 0])
     n = len(x)
     out = {"n": n, "mean": float(np.mean(x)) if n else np.nan, "std": float(np.std(x, ddof=1)) if n > 1 else np.nan,
            "ci_low": np.nan, "ci_high": np.nan}
@@ -34,17 +40,35 @@ def mean_ci(values: Any) -> dict[str, float]:
         sem = stats.sem(x)
         low, high = stats.t.interval(CONFIDENCE, n - 1, loc=out["mean"], scale=sem) if sem > 0 else (out["mean"],) * 2
         out["ci_low"], out["ci_high"] = float(low), float(high)
+    if log:  # back from the log scale; std stays that of the log values (a geometric spread)
+        out.update(mean=float(np.exp(out["mean"])), ci_low=float(np.exp(out["ci_low"])),
+                   ci_high=float(np.exp(out["ci_high"])))
+    if bounds is not None and n > 1:
+        out["ci_low"], out["ci_high"] = float(np.clip(out["ci_low"], *bounds)), float(np.clip(out["ci_high"], *bounds))
     return out
 
 
+# How each aggregated metric is summarized: accuracies are bounded to [0, 1]; times and throughputs
+# are positive, so their mean is geometric and their interval multiplicative (never below 0).
+METRIC_SCALE: dict[str, dict[str, Any]] = {
+    "best_val_acc": {"bounds": (0.0, 1.0)},
+    "test_acc": {"bounds": (0.0, 1.0)},
+    "training_time_s": {"log": True},
+    "train_images_per_s": {"log": True},
+}
+
+
 def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGREGATED) -> pd.DataFrame:
-    """One row per group x metric over the complete trials: n, mean, std, ci_low, ci_high."""
+    """One row per group x metric over the complete trials: n, mean, std, ci_low, ci_high, and
+    `scale` ("linear", or "log": a geometric mean with a multiplicative interval)."""
     done = complete_trials(trials)
     rows = []
     for key, part in done.groupby(groups, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         for metric in metrics:
-            rows.append({**dict(zip(groups, key, strict=True)), "metric": metric, **mean_ci(part[metric])})
+            options = METRIC_SCALE.get(metric, {})
+            rows.append({**dict(zip(groups, key, strict=True)), "metric": metric, **mean_ci(part[metric], **options),
+                         "scale": "log" if options.get("log") else "linear"})
     return pd.DataFrame(rows)
 
 
@@ -53,7 +77,10 @@ def welch(a: Any, b: Any) -> dict[str, float]:
     a, b = pd.Series(a, dtype=float).dropna().to_numpy(), pd.Series(b, dtype=float).dropna().to_numpy()
     out = {"n_a": len(a), "n_b": len(b), "diff": float(np.mean(a) - np.mean(b)) if len(a) and len(b) else np.nan,
            "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
-    if len(a) > 1 and len(b) > 1:
+    if len(a) > 1 and len(b) > 1 and np.ptp(a) < 1e-12 and np.ptp(b) < 1e-12:
+        # No spread in either arm: the limit of the test, as for paired differences (compare.py).
+        out.update(ci_low=out["diff"], ci_high=out["diff"], p_value=1.0 if abs(out["diff"]) < 1e-9 else 0.0)
+    elif len(a) > 1 and len(b) > 1:
         test = stats.ttest_ind(a, b, equal_var=False)
         ci = test.confidence_interval(CONFIDENCE)
         out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(test.pvalue))
@@ -70,32 +97,10 @@ def speedup(baseline_times: Any, times: Any) -> dict[str, float]:
             "ci_low": float(np.exp(result["ci_low"])), "ci_high": float(np.exp(result["ci_high"]))}
 
 
-def compare_to_baseline(trials: pd.DataFrame, groups: list[str], baseline: str = "fp32") -> pd.DataFrame:
-    """Every precision (within each combination of the other searched keys) against `baseline`:
-    test-accuracy difference in points with CI and Welch p, training-time speedup with CI."""
-    done = complete_trials(trials)
-    others = [g for g in groups if g != "precision"]
-    rows = []
-    for key, part in (done.groupby(others, dropna=False) if others else [((), done)]):
-        key = key if isinstance(key, tuple) else (key,)
-        base = part[part["precision"] == baseline]
-        for precision, arm in part.groupby("precision"):
-            if precision == baseline:
-                continue
-            acc = welch(arm["test_acc"] * 100, base["test_acc"] * 100)
-            fast = speedup(base["training_time_s"], arm["training_time_s"])
-            rows.append({**dict(zip(others, key, strict=True)), "precision": precision, "baseline": baseline,
-                         "n": acc["n_a"], "n_baseline": acc["n_b"],
-                         "test_acc_diff_pp": acc["diff"], "diff_ci_low": acc["ci_low"], "diff_ci_high": acc["ci_high"],
-                         "p_value": acc["p_value"], "train_speedup": fast["speedup"],
-                         "speedup_ci_low": fast["ci_low"], "speedup_ci_high": fast["ci_high"]})
-    return pd.DataFrame(rows)
-
-
 def inference_speedups(bench: pd.DataFrame) -> pd.DataFrame:
     """Inference speedup, the one definition the report and the end-of-run summary share: per
     trained precision, variant and batch size, the ratio of the same trial's eager fp32 p50 latency
-    to the variant's p50 latency, then mean and 95% CI across trials."""
+    to the variant's p50 latency, then the geometric mean and its 95% CI (log scale) across trials."""
     if bench.empty or "p50_ms" not in bench:
         return pd.DataFrame()
     timed = bench.dropna(subset=["p50_ms"])
@@ -105,10 +110,11 @@ def inference_speedups(bench: pd.DataFrame) -> pd.DataFrame:
     timed = timed.assign(speedup=timed["eager_p50_ms"] / timed["p50_ms"])
     rows = []
     for (precision, variant, batch), part in timed.groupby(["precision", "variant", "batch_size"]):
-        summary = mean_ci(part["speedup"])
+        summary = mean_ci(part["speedup"], log=True)
         rows.append({"precision": precision, "variant": variant, "batch_size": batch,
                      "p50_ms": part["p50_ms"].mean(), "speedup": summary["mean"], "ci_low": summary["ci_low"],
                      "ci_high": summary["ci_high"], "n": summary["n"],
+                     "accuracy_change_pp": part["accuracy_change_pp"].mean() if "accuracy_change_pp" in part else np.nan,
                      "parity_ok": bool((part["parity"] == "ok").all())})
     return pd.DataFrame(rows)
 
@@ -129,31 +135,6 @@ def fastest_variants(bench: pd.DataFrame) -> pd.DataFrame:
             row[f"speedup, {label}"] = best["speedup"]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _interval(low: float, high: float, fmt: str) -> str:
-    return f"95% CI {format(low, fmt)} to {format(high, fmt)}"
-
-
-def conclusion(row: dict[str, Any] | pd.Series, others: list[str] = ()) -> str:
-    """What one comparison row supports, in words. `others`: the other searched keys in the row."""
-    label = f"{row['precision']} vs {row['baseline']}"
-    if others:
-        label += " (" + ", ".join(f"{k}={row[k]}" for k in others) + ")"
-    n = f"n={row['n']}+{row['n_baseline']}"
-    if row["n"] < 2 or row["n_baseline"] < 2:
-        return (f"{label}: test accuracy {row['test_acc_diff_pp']:+.2f} pp, training {row['train_speedup']:.2f}x "
-                f"({n}): fewer than 2 seeds per arm, so no interval or test can be given")
-    acc_ci = _interval(row["diff_ci_low"], row["diff_ci_high"], "+.2f")
-    if row["diff_ci_low"] <= 0 <= row["diff_ci_high"]:
-        verdict = "no detectable difference"
-    else:
-        verdict = "significantly " + ("lower" if row["test_acc_diff_pp"] < 0 else "higher")
-    speed = row["train_speedup"]
-    slow_fast = f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
-    return (f"{label}: test accuracy {row['test_acc_diff_pp']:+.2f} pp ({acc_ci}, p={row['p_value']:.2g}, {n}): "
-            f"{verdict}; training {slow_fast} (speedup {speed:.2f}x, "
-            f"{_interval(row['speedup_ci_low'], row['speedup_ci_high'], '.2f')})")
 
 
 ORIGINAL_ROWS = [

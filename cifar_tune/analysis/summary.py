@@ -1,7 +1,7 @@
 """What an experiment shows: every table of the report, the sentences, and what is missing.
 
     analysis = analyze(load_experiment("results/study"))
-    analysis.comparison     each precision against fp32
+    analysis.comparison     each precision against fp32, paired by seed (compare.py)
     analysis.conclusions    one sentence per comparison
 
 The report (report.py) and the W&B analysis run (wandb_report.py) both render this object.
@@ -13,15 +13,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cifar_tune.analysis.compare import compare_to_baseline, conclusion, image_conclusion, per_image
 from cifar_tune.analysis.load import Experiment
-from cifar_tune.analysis.stats import (
-    aggregate,
-    compare_to_baseline,
-    complete_trials,
-    conclusion,
-    inference_speedups,
-    original_study_table,
-)
+from cifar_tune.analysis.stats import aggregate, complete_trials, inference_speedups, original_study_table
 
 WHERE_PRECISIONS_RUN = (
     "A comparison needs a second precision the hardware runs well: on a CPU, amp_bf16 with AVX512-BF16 or AMX "
@@ -40,9 +34,13 @@ class Analysis:
     inference: pd.DataFrame
     conclusions: list[str]
     missing: list[str] = field(default_factory=list)
+    margin_pp: float = 0.5  # the equivalence margin the verdicts used
+    per_image: pd.DataFrame = field(default_factory=pd.DataFrame)  # McNemar per seed pair, and pooled
 
 
-def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
+def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | None = None) -> Analysis:
+    """`margin_pp` None: the experiment's `analysis.margin_pp`."""
+    margin = experiment.config.analysis.margin_pp if margin_pp is None else margin_pp
     trials, groups = experiment.trials, experiment.group_columns
     missing = []
     if trials.empty:
@@ -54,7 +52,9 @@ def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
         missing.append(f"trial {row['trial_id']} ({row['precision']}, seed {row['seed']}) is {row['status']} after "
                        f"{row['epochs_done']} epoch(s){why}; left out of the statistics")
     agg = aggregate(trials, groups) if not done.empty else pd.DataFrame()
-    comparison = compare_to_baseline(trials, groups, baseline) if not done.empty else pd.DataFrame()
+    comparison = (compare_to_baseline(trials, groups, baseline, margin, experiment.predictions)
+                  if not done.empty else pd.DataFrame())
+    images = per_image(trials, groups, experiment.predictions, baseline) if not done.empty else pd.DataFrame()
     precisions = sorted(set(done["precision"])) if not done.empty else []
     if len(precisions) == 1:
         devices = ", ".join(sorted(set(done["device"].dropna().astype(str)) - {""})) or "an unrecorded device"
@@ -63,7 +63,14 @@ def analyze(experiment: Experiment, baseline: str = "fp32") -> Analysis:
         missing.append(f"no finished {baseline} trial: nothing to compare the other precisions with")
     others = [g for g in groups if g != "precision"]
     conclusions = [conclusion(row, others) for _, row in comparison.iterrows()]
+    if not images.empty:
+        for _, row in images[images["seed"] == "all"].iterrows():
+            pairs = int(((images["seed"] != "all") & (images["precision"] == row["precision"])).sum())
+            conclusions.append(image_conclusion(row, baseline, pairs))
+    elif len(precisions) > 1:
+        missing.append("no per-image test predictions in the trials' checkpoints (saved since cifar-tune 0.2): "
+                       "no McNemar test")
     if experiment.bench.empty:
         missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
-                    inference_speedups(experiment.bench), conclusions, missing)
+                    inference_speedups(experiment.bench), conclusions, missing, margin, images)

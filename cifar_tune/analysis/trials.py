@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cifar_tune import names
@@ -33,6 +34,7 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per reported epoch
     tune_status: str | None = None  # what Tune recorded: TERMINATED, ERROR, RUNNING, ... (None: unknown)
     error: str = ""  # the traceback, or its last line
+    predictions: np.ndarray | None = None  # rows: predicted and true class of each test image (finished trials)
 
 
 def trial_status(tune_status: str | None, last: dict[str, Any]) -> str:
@@ -154,5 +156,35 @@ def read_trial_records(experiment_dir: str | Path, shown_at: str | None = None) 
             path=f"{shown_at.rstrip('/')}/{trial_dir.name}" if shown_at else str(trial_dir),
             params=json.loads((trial_dir / names.TRIAL_PARAMS_FILE).read_text()),
             history=_read_history(trial_dir), tune_status=statuses.get(trial_dir.name),
-            error=error_file.read_text() if error_file.is_file() else ""))
+            error=error_file.read_text() if error_file.is_file() else "", predictions=_read_predictions(trial_dir)))
     return records
+
+
+def read_all_trial_records(experiment_dir: str | Path, shown_at: str | None = None) -> list[TrialRecord]:
+    """The experiment's trials and those of its extensions (<experiment>/extend-<k>/, more seeds
+    added later by `cifar-tune extend`), in that order."""
+    experiment_dir = Path(experiment_dir)
+    records = read_trial_records(experiment_dir, shown_at)
+    for extension in extension_dirs(experiment_dir):
+        where = f"{shown_at.rstrip('/')}/{extension.name}" if shown_at else None
+        records += read_trial_records(extension, where)
+    return records
+
+
+def extension_dirs(experiment_dir: Path) -> list[Path]:
+    """<experiment>/extend-1, extend-2, ... that hold a saved config, in order."""
+    found = [p for p in experiment_dir.glob(names.EXTENSION_PREFIX + "*") if (p / names.CONFIG_FILE).is_file()]
+    return sorted(found, key=extension_number)
+
+
+def extension_number(path: Path | str) -> int:
+    """k of an extend-<k> folder (0 for a name that is not one)."""
+    suffix = Path(path).name.removeprefix(names.EXTENSION_PREFIX)
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def _read_predictions(trial_dir: Path) -> np.ndarray | None:
+    """The test predictions saved with the trial's last checkpoint, if it finished (and was run by
+    a version that saves them)."""
+    saved = sorted(trial_dir.glob(f"{names.CHECKPOINT_GLOB}/{names.PREDICTIONS_FILE}"))
+    return np.load(saved[-1], allow_pickle=False) if saved else None

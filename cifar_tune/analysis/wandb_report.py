@@ -42,8 +42,9 @@ def headline(analysis: Analysis) -> dict[str, float]:
         out[f"{precision}/n"] = int(len(part))
     for _, row in analysis.comparison.iterrows():
         key = row["precision"]
-        out[f"{key}/test_acc_diff_pp"] = float(row["test_acc_diff_pp"])
-        out[f"{key}/test_acc_diff_p_value"] = float(row["p_value"])
+        out[f"{key}/test_acc_diff_pp"] = float(row["mean_diff_pp"])
+        out[f"{key}/test_acc_diff_p_paired"] = float(row["p_paired"])
+        out[f"{key}/test_acc_diff_p_tost"] = float(row["p_tost"])
         out[f"{key}/train_speedup"] = float(row["train_speedup"])
     return out
 

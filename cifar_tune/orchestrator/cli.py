@@ -9,6 +9,7 @@ path, data files) found before any work started.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from cifar_tune.analysis.report import analyze_experiment
@@ -17,10 +18,21 @@ from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describ
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import ERROR, RESULTS_FILE, UNFINISHED
 from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
+from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
 from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
 from cifar_tune.plan import SearchPlan
 
 INTERRUPTED = 130  # the shell's code for a SIGINT'ed command
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -52,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of an earlier run")
     resume.add_argument("--address", help="join this Ray cluster instead of the one in the saved config")
 
+    extend = sub.add_parser("extend", help="add seeds to an experiment that already ran",
+                            description="Run N new seeds of EXPERIMENT_DIR (the same config otherwise) as "
+                                        "<experiment>/extend-<k>/; the analysis and results.csv then include them. "
+                                        "Resume an interrupted extension with `cifar-tune resume <experiment>/extend-<k>`.")
+    extend.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of an earlier run")
+    extend.add_argument("--seeds", type=int, default=2, metavar="N",
+                        help="new seeds to run (with --until-margin: per round); default 2")
+    extend.add_argument("--until-margin", action="store_true",
+                        help="keep adding seeds until every comparison's 95%% interval is within the margin")
+    extend.add_argument("--max-seeds", type=int, default=20, metavar="M",
+                        help="with --until-margin: stop once M seeds in all have run (default 20)")
+    extend.add_argument("--margin", type=_positive_float, metavar="PP",
+                        help="equivalence margin in points (default: the experiment's analysis.margin_pp)")
+    extend.add_argument("--address", help="join this Ray cluster instead of the one in the saved config")
+
     bench = sub.add_parser("bench", help="export, check and benchmark one trial's best weights",
                            description="Export the best-validation weights of a trial (or checkpoint) directory "
                                        "to TorchScript and ONNX, check parity on the test set and time every "
@@ -63,16 +90,19 @@ def _parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="turn an experiment into tables, statistics and plots",
                              description="Aggregate seeds (mean, 95% CI), compare every precision with fp32 "
-                                         "(Welch t-test), and write report.md, PNG plots and CSV tables.")
+                                         "(paired by seed, with an equivalence verdict), and write report.md, "
+                                         "PNG plots and CSV tables.")
     analyze.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="<storage_path>/<name> of a run")
     analyze.add_argument("--out", help="output folder (default: EXPERIMENT_DIR/analysis)")
     analyze.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"],
                          help="W&B for the analysis run (default: the experiment's wandb.mode)")
+    analyze.add_argument("--margin", type=_positive_float, metavar="PP",
+                         help="equivalence margin in test-accuracy points (default: the experiment's analysis.margin_pp)")
     return parser
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    analysis, written = analyze_experiment(args.experiment_dir, args.out, args.wandb_mode)
+    analysis, written = analyze_experiment(args.experiment_dir, args.out, args.wandb_mode, args.margin)
     for line in analysis.conclusions:
         print(line)
     for line in analysis.missing:
@@ -93,8 +123,12 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{row['variant']:<20} {row['status']:<14} {extra}")
     for row in result["bench"]:
         if "p50_ms" in row:
-            print(f"{row['variant']:<20} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms, "
-                  f"p90 {row['p90_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['images_per_s']:.0f} img/s")
+            tail = ", ".join(f"{name} {row[f'{name}_ms']:.2f} ms" for name in ("p90", "p99")
+                             if not math.isnan(row[f"{name}_ms"]))
+            ci = ("" if math.isnan(row["p50_ci_low_ms"])
+                  else f" (95% CI {row['p50_ci_low_ms']:.2f}-{row['p50_ci_high_ms']:.2f})")
+            print(f"{row['variant']:<20} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms{ci}, "
+                  f"{tail or 'no p90/p99'} from {row['runs']} runs, {row['images_per_s']:.0f} img/s")
     return 0 if not result["failed"] else 1
 
 
@@ -105,7 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "analyze":
             return _analyze(args)
-        if args.command == "resume":
+        if args.command == "extend" and args.until_margin:
+            for line in extend_until_margin(args.experiment_dir, args.seeds, args.max_seeds, args.address,
+                                            args.margin):
+                print(line)
+            return 0
+        if args.command == "extend":
+            outcome = extend_experiment(args.experiment_dir, args.seeds, args.address, margin_pp=args.margin)
+        elif args.command == "resume":
             outcome = resume_experiment(args.experiment_dir, address=args.address)
         else:
             config = load_config(args.config, args.overrides)

@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from cifar_tune.analysis.load import local_records
 from cifar_tune.analysis.stats import fastest_variants
-from cifar_tune.analysis.trials import format_table, read_trial_records, results_view, trial_table
+from cifar_tune.analysis.trials import format_table, read_all_trial_records, results_view, trial_table
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE, UNFINISHED
@@ -178,7 +178,7 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
     # results.csv and the analysis agree; from cloud storage through a copy of the small files.
     shown_at = None if path.is_local else f"{path.scheme}://{path.path}"
     with local_records(path) as folder:
-        table = trial_table(read_trial_records(folder, shown_at), plan.columns)
+        table = trial_table(read_all_trial_records(folder, shown_at), plan.columns)
     path.write_csv(RESULTS_FILE, results_view(table, plan.columns))
     bench = path.read_csv(BENCH_CSV)
     if not quiet:
@@ -190,7 +190,7 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
         fastest = fastest_variants(bench)
         if not fastest.empty:
             print("\nDeployment: fastest parity-checked variant per precision, speedup over eager fp32 "
-                  f"(p50 latency, mean of per-trial ratios; details in {path / BENCH_CSV}):")
+                  f"(p50 latency, geometric mean of per-trial ratios; details in {path / BENCH_CSV}):")
             print(fastest.to_string(index=False, float_format=lambda v: f"{v:.2f}x"))
     return ExperimentOutcome(path, table, grid, bench, plan)
 

@@ -27,7 +27,7 @@ from cifar_tune.config import ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, augment, normalize
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.models import build_model
-from cifar_tune.names import BEST_FILE, STATE_FILE
+from cifar_tune.names import BEST_FILE, PREDICTIONS_FILE, STATE_FILE
 from cifar_tune.precision import device_problem, policy
 
 CHECK_EVERY = 20  # steps between loss checks: each one syncs the GPU, so not every step
@@ -132,6 +132,7 @@ class Trainer:
         self.scheduler = self._make_scheduler(self.steps_per_epoch * train_cfg.epochs)
         self.scaler = self.policy.make_scaler(self.device.type)
 
+        self.test_predictions: np.ndarray | None = None  # per test image, set by test()
         self.epoch = 0  # epochs completed
         self.training_time_s = 0.0
         self.best_val_acc = -1.0
@@ -251,9 +252,15 @@ class Trainer:
 
     def test(self) -> dict[str, float]:
         """Test-set metrics of the best-validation weights. test_time_s times one inference pass over
-        the test set already on the device (normalize + forward, no data loading), after a warm-up pass."""
+        the test set already on the device (normalize + forward, no data loading), after a warm-up pass.
+        Keeps each image's predicted class (`test_predictions`), saved with the next checkpoint, so
+        precisions can be compared image by image."""
         model = self.best_model()
-        test_loss, test_acc = self.evaluate(self.test_x, self.test_y, model)  # also warms up kernels
+        logits = self._logits(model, self.test_x)  # also warms up kernels
+        test_loss = F.cross_entropy(logits, self.test_y).item()
+        predicted = logits.argmax(1)
+        test_acc = (predicted == self.test_y).float().mean().item()
+        self.test_predictions = np.stack([predicted.cpu().numpy(), self.test_y.cpu().numpy()]).astype(np.uint8)
         self._sync()
         start = time.perf_counter()
         self._logits(model, self.test_x)
@@ -281,6 +288,8 @@ class Trainer:
             "model_config": self.model_cfg.model_dump(),
             "channels_last": self.cfg.channels_last,
         }, folder / BEST_FILE)
+        if self.test_predictions is not None:  # rows: predicted class, true class; one column per test image
+            np.save(folder / PREDICTIONS_FILE, self.test_predictions, allow_pickle=False)
 
     def load(self, folder: str | Path) -> None:
         """Continue from a checkpoint folder. An unreadable file stops with CheckpointError naming

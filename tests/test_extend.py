@@ -1,0 +1,69 @@
+"""`cifar-tune extend`: new seeds for an experiment that already ran, merged into its analysis and
+results.csv; `--until-margin` stops as soon as the intervals are narrow enough, or at --max-seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cifar_tune.analysis import analyze_experiment, load_experiment
+from cifar_tune.orchestrator.cli import main
+
+from conftest import ALLOW_SECOND, SECOND_PRECISION
+
+
+@pytest.fixture
+def two_arms(tiny_raw, tmp_path: Path, ray_for_tests) -> Path:
+    """fp32 and a second precision, seeds 0 and 1, one epoch: run once, then extended by the tests."""
+    raw = {**tiny_raw, "train": {**tiny_raw["train"], "epochs": 1, **ALLOW_SECOND},
+           "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0, 1]}}
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config)]) == 0
+    return Path(tiny_raw["storage_path"]) / "tiny"
+
+
+def test_extend_adds_new_seeds_that_the_analysis_merges(two_arms: Path, capsys) -> None:
+    assert main(["extend", str(two_arms), "--seeds", "1"]) == 0
+    assert (two_arms / "extend-1" / "cifar_tune_config.yaml").is_file()
+    saved = yaml.safe_load((two_arms / "extend-1" / "cifar_tune_config.yaml").read_text())
+    assert saved["search"] == {"precision": ["fp32", SECOND_PRECISION], "seed": [2]}  # the rest of the grid kept
+
+    exp = load_experiment(two_arms)
+    assert len(exp.trials) == 6 and sorted(set(exp.trials["seed"])) == [0, 1, 2]
+    assert len(exp.predictions) == 6
+    results = pd.read_csv(two_arms / "results.csv")
+    assert len(results) == 6 and (results["status"] == "TERMINATED").all()
+    analysis, _ = analyze_experiment(two_arms, wandb_mode="disabled")
+    assert analysis.comparison["n_pairs"].tolist() == [3]
+
+    assert main(["extend", str(two_arms), "--seeds", "1"]) == 0  # the next one continues the seeds
+    assert sorted(set(load_experiment(two_arms).trials["seed"])) == [0, 1, 2, 3]
+    assert (two_arms / "extend-2").is_dir()
+
+
+def test_until_margin_stops_when_narrow_enough_or_at_max_seeds(two_arms: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["extend", str(two_arms), "--until-margin", "--margin", "100"]) == 0  # already within ±100 pp
+    assert "every comparison's 95% interval is within ±100 pp" in capsys.readouterr().out
+    assert not (two_arms / "extend-1").exists()
+
+    assert main(["extend", str(two_arms), "--until-margin", "--margin", "0.0001", "--seeds", "1",
+                 "--max-seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 seeds: largest half-width" in out and "stopped at --max-seeds 3" in out
+    assert sorted(set(load_experiment(two_arms).trials["seed"])) == [0, 1, 2]
+
+
+def test_extend_refuses_while_the_last_extension_is_unfinished(two_arms: Path, capsys) -> None:
+    failing = yaml.safe_load((two_arms / "cifar_tune_config.yaml").read_text())
+    (two_arms / "cifar_tune_config.yaml").write_text(yaml.safe_dump({**failing, "debug": {"fail_at_epoch": 1},
+                                                                     "train": {**failing["train"], "epochs": 2}}))
+    assert main(["extend", str(two_arms), "--seeds", "1"]) == 1  # its trials failed, as injected
+    capsys.readouterr()
+    assert main(["extend", str(two_arms), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cifar-tune resume {two_arms / 'extend-1'}" in err and "has not finished" in err
