@@ -6,9 +6,11 @@ predicted class, max / mean absolute logit difference. fp32 variants must agree 
 `fp32_min_agreement` of the images; bf16 / fp16 / int8 ones may lose at most
 `max_accuracy_drop_pp` points. Outside that: `parity_failed`, and never the "fastest variant".
 
-Latency: per variant and batch size, warm-up runs, then timed runs until both `min_runs` and
-`min_duration_s` are reached; p50 with a 95% interval from order statistics, p90 / p99 only where
-the runs support them (10 / 100 at least), and images/s (batch / p50). The input is already
+Latency: per variant and batch size, the first call timed apart, warm-up runs, then timed runs
+until both `min_runs` and `min_duration_s` are reached; p50 with a 95% interval from order
+statistics, p90 / p99 only where the runs support them (10 / 100 at least), images/s (batch /
+p50), and peak memory. Per variant also the load time and the artifact's file size; provenance
+(versions, CPU, GPU UUID and driver, load average) on every row. The input is already
 where the variant wants it (on the GPU, bound for ONNX Runtime), so only compute is timed, and
 CUDA work is synchronized before every clock read.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,19 +44,52 @@ from cifar_tune.names import (
 from cifar_tune.precision import policy
 
 
-def environment(threads: int) -> dict[str, Any]:
-    """Versions and settings every row carries (the device's name goes per row: an onnx_int8 row
-    runs on the CPU even when the others ran on a GPU)."""
+def environment(threads: int, device: torch.device | None = None) -> dict[str, Any]:
+    """Provenance every row carries: versions, threads, the CPU, how busy the machine was when the
+    benchmark started (1-minute load average), and on CUDA the GPU's UUID, CUDA and cuDNN versions,
+    and (where NVML is importable) driver, SM clock and power limit. The device's name goes per row:
+    an onnx_int8 row runs on the CPU even when the others ran on a GPU."""
     import onnx
     import onnxruntime
 
-    return {
+    env: dict[str, Any] = {
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "onnx_version": onnx.__version__,
         "threads": threads,
+        "cpu_name": cpu_name(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    if device is not None and device.type == "cuda":
+        env.update(gpu_uuid=str(torch.cuda.get_device_properties(device).uuid), cuda_version=torch.version.cuda,
+                   cudnn_version=torch.backends.cudnn.version(), **_nvml(device.index or 0))
+    return env
+
+
+def _nvml(index: int) -> dict[str, Any]:
+    """Driver, SM clock (MHz) and power limit (W) from NVML, where pynvml is installed."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return {"driver_version": pynvml.nvmlSystemGetDriverVersion(),
+                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000}
+    except Exception:  # NVML present but unusable (no driver access): provenance stays partial
+        return {}
+
+
+def resident_mb() -> float:
+    """This process's resident set (MB) from /proc; NaN where there is none."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return math.nan
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def device_name(device: torch.device) -> str:
@@ -129,6 +165,14 @@ def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[s
     """Timed runs of one variant at one batch size: p50 with its 95% interval (order statistics),
     p90 and p99 where there are enough runs for them (else empty: see `runs`), mean, images/s."""
     x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
+    cuda = variant.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(variant.device)
+    rss_before = resident_mb()
+    t0 = time.perf_counter()
+    variant.run(x)  # the first call at this batch size: kernel selection, allocation, lazy init
+    variant.sync()
+    first_call = time.perf_counter() - t0
     for _ in range(settings.warmup_runs):
         variant.run(x)
     variant.sync()
@@ -141,7 +185,11 @@ def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[s
         times.append(time.perf_counter() - t0)
     p50 = float(np.percentile(times, 50))
     low, high = median_interval(times)
-    return {"batch_size": batch_size, "runs": len(times), "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
+    # GPU: the peak allocated by torch at this batch size (ONNX Runtime's own arena is not counted);
+    # CPU: how much the resident set grew over the first call, warm-up and timing.
+    peak = (torch.cuda.max_memory_allocated(variant.device) / 1e6 if cuda else resident_mb() - rss_before)
+    return {"batch_size": batch_size, "runs": len(times), "first_call_ms": 1e3 * first_call, "peak_memory_mb": peak,
+            "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
             "p50_ci_high_ms": 1e3 * high, "p90_ms": 1e3 * percentile_or_nan(times, 90),
             "p99_ms": 1e3 * percentile_or_nan(times, 99), "mean_ms": 1e3 * float(np.mean(times)),
             "images_per_s": batch_size / p50}
@@ -203,12 +251,14 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
     status = {row["variant"]: row["status"] for row in parity_rows}
     change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}
 
-    env = environment(threads)
+    env = environment(threads, device)
     bench_rows = []
     for variant in variants:
         for batch_size in settings.batch_sizes:
             row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
                    "device": str(variant.device), "device_name": device_name(variant.device),
+                   "load_s": variant.load_s,
+                   "file_mb": variant.file.stat().st_size / 1e6 if variant.file is not None else math.nan,
                    "parity": status[variant.name], "accuracy_change_pp": change[variant.name][0],
                    "agreement": change[variant.name][1], **env}
             try:

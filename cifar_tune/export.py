@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import time
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -62,6 +64,8 @@ class Variant(ABC):
     precision: str  # fp32 | bf16 | fp16 | int8: sets the parity tolerance
     device: torch.device
     runtime: str  # "torch", or the ONNX Runtime provider that really runs it
+    load_s: float = math.nan  # seconds from its file (or the in-memory model) to ready to run
+    file: Path | None = None  # the deployment artifact it runs, if it is a file
 
     def prepare(self, x: torch.Tensor) -> Any:
         return x.to(self.device)
@@ -85,10 +89,13 @@ class EagerVariant(Variant):
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device, precision: str = "fp32",
                  channels_last: bool = False) -> None:
         super().__init__(name, precision, device, "torch")
+        start = time.perf_counter()
         self.channels_last = channels_last
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.sync()
+        self.load_s = time.perf_counter() - start
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,9 +117,11 @@ class TorchScriptVariant(Variant):
 
     def __init__(self, path: Path, device: torch.device) -> None:
         super().__init__("torchscript", "fp32", device, "torch")
+        start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still works
             self.module = torch.jit.optimize_for_inference(torch.jit.load(str(path), map_location=device).eval())
+        self.load_s, self.file = time.perf_counter() - start, path
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,12 +148,15 @@ class OrtVariant(Variant):
             wanted = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
             if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
                 wanted.insert(0, ("TensorrtExecutionProvider", {"device_id": device.index or 0}))
+        start = time.perf_counter()
         self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        load_s = time.perf_counter() - start
         actual = self.session.get_providers()[0]
         # onnxruntime-gpu falls back to CPU silently: believe the session, not the request.
         if device.type == "cuda" and actual == "CPUExecutionProvider":
             device = torch.device("cpu")
         super().__init__(name, precision, device, actual)
+        self.load_s, self.file = load_s, path
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

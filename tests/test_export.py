@@ -39,7 +39,9 @@ QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration
 PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", "accuracy", "accuracy_change_pp",
                  "agreement", "max_abs_diff", "mean_abs_diff", "tolerance", "status"}
 BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
-                "p50_ci_low_ms", "p50_ci_high_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "device_name", "torch_version",
+                "p50_ci_low_ms", "p50_ci_high_ms", "first_call_ms", "peak_memory_mb", "load_s", "file_mb",
+                "cpu_name", "load_average_1m", "accuracy_change_pp", "agreement", "p90_ms", "p99_ms", "mean_ms",
+                "images_per_s", "device_name", "torch_version",
                 "onnxruntime_version", "onnx_version", "threads", "date"}
 # eager_bf16 only where this CPU runs bf16 natively (the export skips it elsewhere, as it would crawl).
 CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "torchscript", "onnx_fp32", "onnx_int8"} | (
@@ -123,6 +125,13 @@ def test_bench_and_parity_files_have_the_documented_fields(exported) -> None:
         # A handful of quick runs supports a median, not its interval (6 runs) nor a p90 (10) or p99 (100).
         for column, needed in (("p50_ci_low_ms", 6), ("p90_ms", 10), ("p99_ms", 100)):
             assert math.isnan(row[column]) == (row["runs"] < needed), (column, row["runs"])
+        assert row["first_call_ms"] > 0 and row["load_s"] >= 0 and not math.isnan(row["peak_memory_mb"])
+        # A file-based variant names its artifact's size; an eager one has no file.
+        expected_file = {"torchscript": "model.pt", "onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"}
+        if row["variant"] in expected_file:
+            assert row["file_mb"] == pytest.approx((out / expected_file[row["variant"]]).stat().st_size / 1e6)
+        else:
+            assert math.isnan(row["file_mb"])
         assert row["threads"] == 1 and row["runtime"] in ("torch", "CPUExecutionProvider")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -263,3 +264,29 @@ def test_a_worker_node_lost_mid_trial_the_trial_finishes_on_the_other(s3: str, t
     assert table["node_id"].nunique() == 1  # the last epochs of both ran on the surviving node
     for column in ("best_val_acc", "test_acc", "test_loss", "best_epoch"):
         assert table[column].to_numpy() == pytest.approx(baseline.loc[table.index, column].to_numpy(), abs=1e-6), column
+
+
+def test_tunes_loop_runs_from_a_folder_that_outlives_a_deleted_job_dir(tmp_path: Path, monkeypatch) -> None:
+    """Under `ray job submit` another node's runtime-env agent may delete the driver's working dir
+    (see the job-submit test): before Tune starts, or while it runs. Either way Tune's loop needs a
+    working directory that exists (Ray's cloud-storage listing calls os.getcwd())."""
+    import tempfile
+
+    from cifar_tune.orchestrator.experiment import _cwd_that_outlives_the_job
+
+    job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    with _cwd_that_outlives_the_job():
+        assert os.getcwd() == tempfile.gettempdir()
+    assert Path(os.getcwd()) == job_dir  # restored while it exists
+
+    job_dir.rmdir()  # deleted before Tune even started
+    with _cwd_that_outlives_the_job():
+        assert os.getcwd() == tempfile.gettempdir()
+
+    elsewhere = tmp_path / "a-project"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with _cwd_that_outlives_the_job():
+        assert Path(os.getcwd()) == elsewhere  # an ordinary working directory is left alone

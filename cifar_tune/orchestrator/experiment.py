@@ -115,8 +115,14 @@ def _cwd_that_outlives_the_job() -> Iterator[None]:
     that copy once its own workers are done with it, and Ray's storage code, which calls
     os.getcwd() while it lists cloud storage at the end of Tuner.fit, fails with
     FileNotFoundError. So Tune's loop runs from the system's temp folder; the working directory is
-    restored afterwards if it still exists. Everything cifar-tune needs is an absolute path by then."""
-    cwd = os.getcwd()
+    restored afterwards if it still exists. Everything cifar-tune needs is an absolute path by then.
+    (The deletion has also been seen before Tune started: then the cwd is already gone here.)"""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        os.chdir(tempfile.gettempdir())
+        yield
+        return
     if "runtime_resources" not in Path(cwd).parts:
         yield
         return
