@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cifar_tune.analysis.stats import CONFIDENCE, complete_trials, speedup, welch
+from cifar_tune.analysis.stats import CONFIDENCE, NO_SPREAD, complete_trials, no_spread_limit, speedup, welch
 
 EQUIVALENT, DIFFERENT, INCONCLUSIVE = "equivalent", "different", "inconclusive"
 BOOTSTRAP_RESAMPLES = 9999
@@ -47,13 +47,10 @@ def paired_difference(diffs: Any, margin: float) -> dict[str, float]:
         return out
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     out["sd_diff_pp"] = sd
-    if sd < 1e-9:  # zero, up to the rounding of accuracies like 0.8123 - 0.8115
-        # Every pair differs by exactly the same amount (often 0: identical accuracies). The t
-        # statistic is undefined; the limit is the honest answer: no spread, so the interval is
-        # the point, a difference of 0 is the strongest possible agreement (p = 1), any other is
-        # certain (p = 0), and equivalence holds exactly when the point is inside the margin.
-        out.update(ci_low_pp=mean, ci_high_pp=mean, boot_low_pp=mean, boot_high_pp=mean,
-                   p_paired=1.0 if abs(mean) < 1e-9 else 0.0, p_tost=0.0 if abs(mean) < margin else 1.0)
+    if sd < NO_SPREAD:  # every pair differs by the same amount (often 0: identical accuracies)
+        low, high, p = no_spread_limit(mean)  # equivalence then holds exactly when the point is inside
+        out.update(ci_low_pp=low, ci_high_pp=high, boot_low_pp=low, boot_high_pp=high, p_paired=p,
+                   p_tost=0.0 if abs(mean) < margin else 1.0)
         return out
     test = stats.ttest_1samp(d, 0.0)
     ci = test.confidence_interval(CONFIDENCE)

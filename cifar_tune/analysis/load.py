@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cifar_tune import names
-from cifar_tune.analysis.trials import read_all_trial_records, read_table, trial_table
+from cifar_tune.analysis.trials import TrialRecord, read_all_trial_records, trial_table
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.plan import SearchPlan, search_value
@@ -53,6 +53,14 @@ def local_records(experiment: Location) -> Iterator[Path]:
         yield experiment.download(Path(folder), keep=_is_record)
 
 
+def read_records(experiment: Location) -> list[TrialRecord]:
+    """Every trial record of the experiment and its extensions, wherever it lives; trial paths
+    name the experiment's own location (not the temporary copy a bucket is read through)."""
+    shown_at = None if experiment.is_local else f"{experiment.scheme}://{experiment.path}"
+    with local_records(experiment) as folder:
+        return read_all_trial_records(folder, shown_at)
+
+
 @dataclass
 class Experiment:
     path: Location  # where the experiment lives (local folder or cloud URI)
@@ -77,9 +85,8 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ExperimentNotFound(f"{location}: not a cifar-tune experiment directory (no {names.CONFIG_FILE})")
     config = load_saved_config(location / names.CONFIG_FILE)
     columns = SearchPlan.of(config).columns
-    with local_records(location) as folder:
-        records = read_all_trial_records(folder, None if location.is_local else f"{location.scheme}://{location.path}")
-        bench = read_table(folder / names.BENCH_CSV)
+    records = read_records(location)
+    bench = location.read_csv(names.BENCH_CSV)
     history_rows, predictions = [], {}
     for record in records:
         keys = {c: search_value(record.params, c) for c in columns}

@@ -72,14 +72,23 @@ def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGR
     return pd.DataFrame(rows)
 
 
+NO_SPREAD = 1e-9  # below this, a spread (or a difference) in points or fractions is rounding
+
+
+def no_spread_limit(diff: float) -> tuple[float, float, float]:
+    """(ci_low, ci_high, p) of a difference measured with no spread at all, where the t statistic
+    is undefined: the interval is the point, a zero difference is the strongest possible
+    agreement (p = 1), any other is certain (p = 0)."""
+    return diff, diff, 1.0 if abs(diff) < NO_SPREAD else 0.0
+
+
 def welch(a: Any, b: Any) -> dict[str, float]:
     """mean(a) - mean(b), its 95% interval and the two-sided p-value of Welch's t-test."""
     a, b = pd.Series(a, dtype=float).dropna().to_numpy(), pd.Series(b, dtype=float).dropna().to_numpy()
     out = {"n_a": len(a), "n_b": len(b), "diff": float(np.mean(a) - np.mean(b)) if len(a) and len(b) else np.nan,
            "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
-    if len(a) > 1 and len(b) > 1 and np.ptp(a) < 1e-12 and np.ptp(b) < 1e-12:
-        # No spread in either arm: the limit of the test, as for paired differences (compare.py).
-        out.update(ci_low=out["diff"], ci_high=out["diff"], p_value=1.0 if abs(out["diff"]) < 1e-9 else 0.0)
+    if len(a) > 1 and len(b) > 1 and np.ptp(a) < NO_SPREAD and np.ptp(b) < NO_SPREAD:
+        out["ci_low"], out["ci_high"], out["p_value"] = no_spread_limit(out["diff"])
     elif len(a) > 1 and len(b) > 1:
         test = stats.ttest_ind(a, b, equal_var=False)
         ci = test.confidence_interval(CONFIDENCE)

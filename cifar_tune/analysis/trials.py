@@ -114,12 +114,6 @@ def format_table(table: pd.DataFrame, columns: list[str]) -> str:
 # --------------------------------------------------------------------------- from files
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV table that may not exist yet (or holds only an empty header): empty DataFrame then."""
-    path = Path(path)
-    return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else pd.DataFrame()
-
-
 def _tune_statuses(experiment_dir: Path) -> dict[str, str]:
     """{trial folder name: status} from Tune's newest experiment_state file."""
     states = sorted(experiment_dir.glob(names.EXPERIMENT_STATE_GLOB))

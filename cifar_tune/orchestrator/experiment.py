@@ -26,9 +26,9 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from cifar_tune.analysis.load import local_records
+from cifar_tune.analysis.load import read_records
 from cifar_tune.analysis.stats import fastest_variants
-from cifar_tune.analysis.trials import format_table, read_all_trial_records, results_view, trial_table
+from cifar_tune.analysis.trials import format_table, results_view, trial_table
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE, UNFINISHED
@@ -182,9 +182,7 @@ def _claim(config: ExperimentConfig, folder: Location) -> Iterator[None]:
 def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: Any, quiet: bool) -> ExperimentOutcome:
     # The table is read from the files Tune wrote, as `cifar-tune analyze` reads them, so
     # results.csv and the analysis agree; from cloud storage through a copy of the small files.
-    shown_at = None if path.is_local else f"{path.scheme}://{path.path}"
-    with local_records(path) as folder:
-        table = trial_table(read_all_trial_records(folder, shown_at), plan.columns)
+    table = trial_table(read_records(path), plan.columns)
     path.write_csv(RESULTS_FILE, results_view(table, plan.columns))
     bench = path.read_csv(BENCH_CSV)
     if not quiet:
