@@ -161,38 +161,116 @@ def percentile_or_nan(times: list[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(times, q)) if len(times) >= round(1 / (1 - q / 100)) else math.nan
 
 
-def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[str, Any]:
-    """Timed runs of one variant at one batch size: p50 with its 95% interval (order statistics),
-    p90 and p99 where there are enough runs for them (else empty: see `runs`), mean, images/s."""
-    x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
-    cuda = variant.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(variant.device)
-    rss_before = resident_mb()
-    t0 = time.perf_counter()
-    variant.run(x)  # the first call at this batch size: kernel selection, allocation, lazy init
-    variant.sync()
-    first_call = time.perf_counter() - t0
-    for _ in range(settings.warmup_runs):
-        variant.run(x)
-    variant.sync()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < settings.min_runs or time.perf_counter() - started < settings.min_duration_s:
+def uses_cuda_events(variant: Variant) -> bool:
+    """Torch variants on a GPU are timed with CUDA events on their stream: the GPU's own clock
+    around the work, without the host's wake-up after a synchronize. ONNX Runtime's CUDA provider
+    runs on its own stream and synchronizes it before `run` returns, so its calls are timed on the
+    host clock (and each row says which: `timer`)."""
+    return variant.device.type == "cuda" and variant.runtime == "torch"
+
+
+class LatencyMeter:
+    """The timed runs of one variant at one batch size, gathered over several rounds.
+
+    `start` makes the first call (timed apart: kernel choice, allocation, lazy init) and the
+    warm-up runs, and measures memory; each `time_round` adds timed runs; `result` summarizes
+    them all. Interleaving rounds of every variant (`measure_latencies`) puts slow drift of the
+    machine on every variant alike instead of on whichever ran during it."""
+
+    def __init__(self, variant: Variant, batch_size: int) -> None:
+        self.variant, self.batch_size = variant, batch_size
+        self.x = variant.prepare(torch.randn(batch_size, 3, 32, 32))
+        self.times: list[float] = []
+        self.first_call_s = math.nan
+        self.peak_memory_mb = math.nan
+        self.events = uses_cuda_events(variant)
+
+    def _call(self) -> float:
+        if self.events:
+            with torch.cuda.device(self.variant.device):
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                self.variant.run(self.x)
+                end.record()
+                end.synchronize()
+                return begin.elapsed_time(end) / 1e3  # ms -> s
         t0 = time.perf_counter()
-        variant.run(x)
-        variant.sync()
-        times.append(time.perf_counter() - t0)
-    p50 = float(np.percentile(times, 50))
-    low, high = median_interval(times)
-    # GPU: the peak allocated by torch at this batch size (ONNX Runtime's own arena is not counted);
-    # CPU: how much the resident set grew over the first call, warm-up and timing.
-    peak = (torch.cuda.max_memory_allocated(variant.device) / 1e6 if cuda else resident_mb() - rss_before)
-    return {"batch_size": batch_size, "runs": len(times), "first_call_ms": 1e3 * first_call, "peak_memory_mb": peak,
-            "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
-            "p50_ci_high_ms": 1e3 * high, "p90_ms": 1e3 * percentile_or_nan(times, 90),
-            "p99_ms": 1e3 * percentile_or_nan(times, 99), "mean_ms": 1e3 * float(np.mean(times)),
-            "images_per_s": batch_size / p50}
+        self.variant.run(self.x)
+        self.variant.sync()
+        return time.perf_counter() - t0
+
+    def start(self, warmup_runs: int) -> None:
+        cuda = self.variant.device.type == "cuda"
+        if cuda:
+            self.variant.sync()
+            torch.cuda.reset_peak_memory_stats(self.variant.device)
+        rss_before = resident_mb()
+        t0 = time.perf_counter()
+        self.variant.run(self.x)
+        self.variant.sync()
+        self.first_call_s = time.perf_counter() - t0  # wall clock: what a caller waits the first time
+        for _ in range(warmup_runs):
+            self.variant.run(self.x)
+        self.variant.sync()
+        # GPU: the peak allocated by torch at this batch size (ONNX Runtime's own arena is not
+        # counted); CPU: how much the resident set grew over the first call and the warm-up.
+        self.peak_memory_mb = (torch.cuda.max_memory_allocated(self.variant.device) / 1e6 if cuda
+                               else resident_mb() - rss_before)
+
+    def time_round(self, min_runs: int, min_duration_s: float) -> None:
+        started, runs = time.perf_counter(), 0
+        while runs < min_runs or time.perf_counter() - started < min_duration_s:
+            self.times.append(self._call())
+            runs += 1
+
+    def result(self) -> dict[str, Any]:
+        """p50 with its 95% interval (order statistics), p90 and p99 where there are enough runs
+        for them (else empty: see `runs`), mean, images/s, first call, memory, the clock used."""
+        times = self.times
+        p50 = float(np.percentile(times, 50))
+        low, high = median_interval(times)
+        return {"batch_size": self.batch_size, "runs": len(times), "first_call_ms": 1e3 * self.first_call_s,
+                "peak_memory_mb": self.peak_memory_mb, "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
+                "p50_ci_high_ms": 1e3 * high, "p90_ms": 1e3 * percentile_or_nan(times, 90),
+                "p99_ms": 1e3 * percentile_or_nan(times, 99), "mean_ms": 1e3 * float(np.mean(times)),
+                "images_per_s": self.batch_size / p50, "timer": "cuda_events" if self.events else "wall_clock"}
+
+
+def measure_latencies(variants: list[Variant], batch_sizes: list[int],
+                      settings: ExportConfig) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every variant at every batch size: first calls and warm-ups, then `settings.rounds` rounds,
+    each timing every (variant, batch size) in turn for its share of `min_runs` and
+    `min_duration_s`. {(variant name, batch size): latency row, or {"error": ...} where it failed
+    (e.g. out of memory at the largest batch)}."""
+    meters: dict[tuple[str, int], LatencyMeter] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for variant in variants:
+        for batch_size in batch_sizes:
+            try:
+                meter = LatencyMeter(variant, batch_size)
+                meter.start(settings.warmup_runs)
+                meters[(variant.name, batch_size)] = meter
+            except Exception as exc:
+                rows[(variant.name, batch_size)] = {"batch_size": batch_size, "error": short_error(exc)}
+    runs_per_round = math.ceil(settings.min_runs / settings.rounds)
+    for _ in range(settings.rounds):
+        for key, meter in list(meters.items()):
+            try:
+                meter.time_round(runs_per_round, settings.min_duration_s / settings.rounds)
+            except Exception as exc:
+                rows[key] = {"batch_size": key[1], "error": short_error(exc)}
+                del meters[key]
+    rows.update({key: meter.result() for key, meter in meters.items()})
+    return rows
+
+
+def latency(variant: Variant, batch_size: int, settings: ExportConfig) -> dict[str, Any]:
+    """One variant at one batch size on its own (not interleaved): for benchmarks that interleave
+    themselves. The hook and `cifar-tune bench` use `measure_latencies`."""
+    meter = LatencyMeter(variant, batch_size)
+    meter.start(settings.warmup_runs)
+    meter.time_round(settings.min_runs, settings.min_duration_s)
+    return meter.result()
 
 
 def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int = 100) -> list[dict[str, Any]]:
@@ -252,6 +330,7 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
     change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}
 
     env = environment(threads, device)
+    latencies = measure_latencies(variants, settings.batch_sizes, settings)
     bench_rows = []
     for variant in variants:
         for batch_size in settings.batch_sizes:
@@ -260,11 +339,7 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
                    "load_s": variant.load_s,
                    "file_mb": variant.file.stat().st_size / 1e6 if variant.file is not None else math.nan,
                    "parity": status[variant.name], "accuracy_change_pp": change[variant.name][0],
-                   "agreement": change[variant.name][1], **env}
-            try:
-                row.update(latency(variant, batch_size, settings))
-            except Exception as exc:  # e.g. out of memory at the largest batch
-                row.update({"batch_size": batch_size, "error": short_error(exc)})
+                   "agreement": change[variant.name][1], **env, **latencies[(variant.name, batch_size)]}
             bench_rows.append(row)
     e2e = end_to_end(variants, data_root) if settings.end_to_end else []
 

@@ -159,6 +159,8 @@ class ExportConfig(Section):
     warmup_runs: int = Field(3, ge=0, description="Untimed runs before timing each variant and batch size.")
     min_runs: int = Field(10, gt=0, description="Timed runs at least...")
     min_duration_s: float = Field(1.0, ge=0, description="...and at least this long, per variant and batch size.")
+    rounds: int = Field(
+        3, gt=0, description="Rounds; each times every variant and batch size in turn (the runs above split among them).")
     fp32_min_agreement: float = Field(
         0.999, gt=0, le=1, description="fp32 variants: least share of test images predicted as eager fp32 does.")
     max_accuracy_drop_pp: float = Field(
@@ -189,6 +191,18 @@ class WandbConfig(Section):
 class AnalysisConfig(Section):
     margin_pp: float = Field(0.5, gt=0, description="Equivalence margin in test-accuracy points: a precision is "
                                                      "'equivalent' to fp32 when the 95% CI lies within +-margin.")
+
+
+class TimingConfig(Section):
+    enabled: bool = Field(
+        False, description="After the trials, time each precision with a device to itself (alone: cifar-tune time).")
+    rounds: int = Field(6, ge=2, description="Rounds; each times every precision once, the order rotated per round.")
+    steps: int = Field(20, gt=0, description="Training steps timed per precision per round, at train.batch_size.")
+    warmup_steps: int = Field(3, ge=0, description="Untimed steps before each timed block (kernel choice, caches).")
+    cpus: float | None = Field(
+        None, gt=0, description="CPUs per timing task (null: every CPU of the node without GPUs, else cpus_per_trial).")
+    gpus: float | None = Field(
+        None, ge=0, le=1, description="GPUs per timing task (null: a whole GPU if the trials use one, else 0).")
 
 
 class DebugConfig(Section):
@@ -276,6 +290,7 @@ class ExperimentConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 

@@ -7,6 +7,7 @@ learns an experiment folder's layout here:
         <trial>/checkpoint_*/         STATE_FILE, BEST_FILE (the last one also PREDICTIONS_FILE)
         <trial>/export/               EXPORT files, PARITY_FILE, BENCH_FILE
         analysis/                     report.md, plots, CSVs
+        timing.csv, timing_rounds.csv isolated training speed per precision (`cifar-tune time`)
         extend-<k>/                   an experiment of more seeds (`cifar-tune extend`), same layout
 """
 
@@ -17,6 +18,8 @@ CONFIG_FILE = "cifar_tune_config.yaml"  # the validated config, read by `cifar-t
 RESULTS_FILE = "results.csv"  # one row per trial
 BENCH_CSV = "bench.csv"  # one row per trial x variant x batch size
 EXPORTS_JSON = "exports.json"  # per trial: ok / failed / timeout, with the reason
+TIMING_CSV = "timing.csv"  # per precision: median img/s with the device to itself, speedup over fp32
+TIMING_ROUNDS_CSV = "timing_rounds.csv"  # every timed block of every `cifar-tune time`, appended
 ANALYSIS_DIR = "analysis"  # what `cifar-tune analyze` writes, unless --out
 EXTENSION_PREFIX = "extend-"  # <experiment>/extend-<k>/: more seeds added by `cifar-tune extend`
 TRIAL_PARAMS_FILE = "params.json"  # Tune's: the trial's config
@@ -51,8 +54,9 @@ TEST_METRICS = ("test_loss", "test_acc", "test_time_s")
 # A trial's final numbers, as the trial table carries them.
 FINAL_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "test_time_s", "training_time_s")
 # The columns of results.csv after the searched keys (documented in the README).
-RESULTS_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "training_time_s",
+RESULTS_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "training_time_s", "trials_sharing_device",
                    "epochs_done", "status", "error", "device", "trial_id", "path", "node_ip", "node_id", "hostname")
+SHARING_METRIC = "trials_sharing_device"  # per epoch: the most trials on this trial's device during it
 CHECKPOINT_SCORE = "val_acc"  # the checkpoint Tune keeps besides the latest one
 
 # --------------------------------------------------------------------------- trial statuses

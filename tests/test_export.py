@@ -24,8 +24,10 @@ from cifar_tune.bench import (
     BenchPathError,
     bench_checkpoint,
     locate_checkpoint,
+    measure_latencies,
     median_interval,
     percentile_or_nan,
+    uses_cuda_events,
 )
 from cifar_tune.config import ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
@@ -41,7 +43,7 @@ PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", 
 BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
                 "p50_ci_low_ms", "p50_ci_high_ms", "first_call_ms", "peak_memory_mb", "load_s", "file_mb",
                 "cpu_name", "load_average_1m", "accuracy_change_pp", "agreement", "p90_ms", "p99_ms", "mean_ms",
-                "images_per_s", "device_name", "torch_version",
+                "images_per_s", "device_name", "torch_version", "timer",
                 "onnxruntime_version", "onnx_version", "threads", "date"}
 # eager_bf16 only where this CPU runs bf16 natively (the export skips it elsewhere, as it would crawl).
 CPU_VARIANTS = {"eager_fp32", "eager_channels_last", "torchscript", "onnx_fp32", "onnx_int8"} | (
@@ -133,6 +135,7 @@ def test_bench_and_parity_files_have_the_documented_fields(exported) -> None:
         else:
             assert math.isnan(row["file_mb"])
         assert row["threads"] == 1 and row["runtime"] in ("torch", "CPUExecutionProvider")
+        assert row["timer"] == "wall_clock"  # CUDA events only for torch variants on a GPU
 
 
 def test_a_failing_export_is_recorded_and_the_rest_still_run(trained, tmp_path: Path, monkeypatch) -> None:
@@ -300,3 +303,39 @@ def test_too_few_runs_give_no_interval_and_no_tail_percentiles() -> None:
     assert all(math.isnan(v) for v in median_interval([1.0, 2.0, 3.0, 4.0, 5.0]))  # n=5 covers only 94%
     assert math.isnan(percentile_or_nan(np.arange(99.0), 99)) and not math.isnan(percentile_or_nan(np.arange(100.0), 99))
     assert math.isnan(percentile_or_nan(np.arange(9.0), 90)) and percentile_or_nan(np.arange(10.0), 90) == pytest.approx(8.1)
+
+
+class _Logged(export_mod.Variant):
+    """A stand-in variant that records the order of its calls (and can fail when timed)."""
+
+    def __init__(self, name: str, log: list[str], fail_after: int | None = None,
+                 device: str = "cpu", runtime: str = "torch") -> None:
+        super().__init__(name, "fp32", torch.device(device), runtime)
+        self.log, self.fail_after = log, fail_after
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def run(self, prepared: torch.Tensor) -> torch.Tensor:
+        if self.fail_after is not None and sum(name == self.name for name in self.log) >= self.fail_after:
+            raise RuntimeError("out of memory (simulated)")
+        self.log.append(self.name)
+        return prepared
+
+
+def test_variants_are_timed_interleaved_round_by_round_and_a_failure_stays_in_its_row() -> None:
+    log: list[str] = []
+    variants = [_Logged("a", log), _Logged("b", log), _Logged("c", log, fail_after=3)]
+    settings = ExportConfig(batch_sizes=[1], warmup_runs=1, min_runs=6, min_duration_s=0.0, rounds=3)
+    rows = measure_latencies(variants, [1], settings)
+    # First call and one warm-up each, then 3 rounds of 2 runs each: a, b (and c until it fails) take turns.
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert log[6:] == ["a", "a", "b", "b", "c", "a", "a", "b", "b", "a", "a", "b", "b"]
+    assert rows[("a", 1)]["runs"] == rows[("b", 1)]["runs"] == 6
+    assert "out of memory" in rows[("c", 1)]["error"] and "p50_ms" not in rows[("c", 1)]
+
+
+def test_only_torch_variants_on_a_gpu_use_cuda_events() -> None:
+    assert uses_cuda_events(_Logged("eager", [], device="cuda"))
+    assert not uses_cuda_events(_Logged("onnx", [], device="cuda", runtime="CUDAExecutionProvider"))
+    assert not uses_cuda_events(_Logged("eager", []))

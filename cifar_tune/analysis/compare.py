@@ -208,8 +208,9 @@ def conclusion(row: dict[str, Any] | pd.Series, others: list[str] = ()) -> str:
     speed = row["train_speedup"]
     slow_fast = f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
     training = f"training {slow_fast} (speedup {speed:.2f}x"
-    training += f", {_interval(row['speedup_ci_low'], row['speedup_ci_high'], '.2f')})" \
-        if not math.isnan(row["speedup_ci_low"]) else ")"
+    training += f", {_interval(row['speedup_ci_low'], row['speedup_ci_high'], '.2f')}" \
+        if not math.isnan(row["speedup_ci_low"]) else ""
+    training += f"; {row['speedup_source']})" if isinstance(row.get("speedup_source"), str) else ")"
     margin = row["margin_pp"]
     if row["n_pairs"] < 2:
         return (f"{label}: test accuracy {row['mean_diff_pp']:+.2f} pp over {row['n_pairs']} seed pair(s): fewer "

@@ -8,6 +8,7 @@ data need not be where it was), on local disk or in cloud storage.
     exp.history   one row per trial x epoch
     exp.bench     one row per trial x variant x batch size (bench.csv; empty without exports)
     exp.predictions  per finished trial: predicted and true class of every test image
+    exp.timing    per precision: isolated training speed (timing.csv; empty until `cifar-tune time`)
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Experiment:
     history: pd.DataFrame
     bench: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> (predicted, true) per test image
+    timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # timing.csv
 
     @property
     def group_columns(self) -> list[str]:
@@ -97,4 +99,4 @@ def load_experiment(path: str | Path) -> Experiment:
         if record.predictions is not None:
             predictions[trial_id] = record.predictions
     return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench,
-                      predictions)
+                      predictions, location.read_csv(names.TIMING_CSV))

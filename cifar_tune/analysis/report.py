@@ -44,6 +44,16 @@ right and the other wrong, pooled over the seed pairs (per pair in per_image.csv
 """
 COMPARISON_COLUMNS = ["precision", "n_pairs", "mean_diff_pp", "ci_low_pp", "ci_high_pp", "p_paired", "p_tost", "p_holm",
                       "verdict", "mcnemar_p", "seeds_for_margin", "train_speedup", "speedup_ci_low", "speedup_ci_high"]
+TIMING_METHOD = """\
+Each precision trained alone on one device (a whole GPU, or every CPU of a node) for a fixed number
+of steps per round, rounds interleaved across precisions (`cifar-tune time`, section `timing`).
+Median img/s over rounds with an order-statistics 95% interval (empty below 6 rounds); speedup over
+fp32 as the geometric mean of the per-round ratios, log-scale t interval. Speed claims above use
+these numbers where present.
+
+"""
+TIMING_SHOWN = ["precision", "rounds", "median_images_per_s", "ci_low", "ci_high", "speedup", "speedup_ci_low",
+                "speedup_ci_high", "device", "cpus", "gpus", "threads", "batch_size", "steps", "measured_at"]
 
 
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
@@ -64,7 +74,7 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     tables = {"trials": exp.trials, "history": exp.history, "aggregate": analysis.aggregate,
               "comparison": analysis.comparison, "original_study_table": analysis.original,
-              "inference_speedups": analysis.inference, "per_image": analysis.per_image}
+              "inference_speedups": analysis.inference, "per_image": analysis.per_image, "timing": analysis.timing}
     for name, table in tables.items():
         if not table.empty:
             written[f"{name}.csv"] = out / f"{name}.csv"
@@ -76,7 +86,8 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
                                                             out / "test_acc.png", 100, bounds=(0, 100))
         written["training_time.png"] = plot_metric_per_precision(done, "training_time_s", "training time (s)",
                                                                  out / "training_time.png", log=True)
-        plots += [("Test accuracy per precision", "test_acc.png"), ("Training time per precision", "training_time.png")]
+        plots += [("Test accuracy per precision", "test_acc.png"),
+                  (f"Training time per precision ({analysis.training_times})", "training_time.png")]
     if not exp.history.empty:
         written["val_acc.png"] = plot_val_curves(exp.history, out / "val_acc.png")
         plots.append(("Validation accuracy per epoch", "val_acc.png"))
@@ -104,10 +115,16 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
     parts += ["## The original study's table, from this experiment\n",
               "Mean ± 95% CI half-width over seeds (accuracies in %; training accuracy's epoch in brackets).\n",
               _markdown(analysis.original, index=True),
-              "## Per precision, across seeds\n", _markdown(analysis.aggregate),
+              "## Per precision, across seeds\n",
+              f"training_time_s and train_images_per_s: {analysis.training_times}.\n",
+              _markdown(analysis.aggregate),
               "## Against the fp32 baseline\n", COMPARISON_METHOD.format(margin=analysis.margin_pp),
               _markdown(analysis.comparison[[c for c in COMPARISON_COLUMNS if c in analysis.comparison]]
                         if not analysis.comparison.empty else analysis.comparison),
+              "## Training speed, each precision with the device to itself\n",
+              TIMING_METHOD + _markdown(analysis.timing[[c for c in TIMING_SHOWN if c in analysis.timing]])
+              if not analysis.timing.empty else
+              f"Not measured: {analysis.training_times}. `cifar-tune time {exp.path}` measures it.\n",
               "## Image by image: test images only one of the pair gets right\n",
               _markdown(analysis.per_image),
               "## Inference speedup over eager fp32 (same trial), geometric mean across trials\n",

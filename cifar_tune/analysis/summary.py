@@ -16,6 +16,7 @@ import pandas as pd
 from cifar_tune.analysis.compare import compare_to_baseline, conclusion, image_conclusion, per_image
 from cifar_tune.analysis.load import Experiment
 from cifar_tune.analysis.stats import aggregate, complete_trials, inference_speedups, original_study_table
+from cifar_tune.analysis.timing import packing, packing_label, packing_note, with_speed_source
 
 WHERE_PRECISIONS_RUN = (
     "A comparison needs a second precision the hardware runs well: on a CPU, amp_bf16 with AVX512-BF16 or AMX "
@@ -36,6 +37,8 @@ class Analysis:
     missing: list[str] = field(default_factory=list)
     margin_pp: float = 0.5  # the equivalence margin the verdicts used
     per_image: pd.DataFrame = field(default_factory=pd.DataFrame)  # McNemar per seed pair, and pooled
+    timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # isolated training speed (timing.csv)
+    training_times: str = ""  # how the per-trial training times were measured (packing)
 
 
 def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | None = None) -> Analysis:
@@ -52,8 +55,8 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
         missing.append(f"trial {row['trial_id']} ({row['precision']}, seed {row['seed']}) is {row['status']} after "
                        f"{row['epochs_done']} epoch(s){why}; left out of the statistics")
     agg = aggregate(trials, groups) if not done.empty else pd.DataFrame()
-    comparison = (compare_to_baseline(trials, groups, baseline, margin, experiment.predictions)
-                  if not done.empty else pd.DataFrame())
+    comparison = (with_speed_source(compare_to_baseline(trials, groups, baseline, margin, experiment.predictions),
+                                    done, experiment.timing) if not done.empty else pd.DataFrame())
     images = per_image(trials, groups, experiment.predictions, baseline) if not done.empty else pd.DataFrame()
     precisions = sorted(set(done["precision"])) if not done.empty else []
     if len(precisions) == 1:
@@ -70,7 +73,12 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
     elif len(precisions) > 1:
         missing.append("no per-image test predictions in the trials' checkpoints (saved since cifar-tune 0.2): "
                        "no McNemar test")
+    if len(precisions) > 1 and experiment.timing.empty:
+        missing.append("no isolated timing (timing.csv): training speedups below come from per-trial times, "
+                       f"{packing_note(packing(done))}; "
+                       f"measure them with `cifar-tune time {experiment.path}`")
     if experiment.bench.empty:
         missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
-                    inference_speedups(experiment.bench), conclusions, missing, margin, images)
+                    inference_speedups(experiment.bench), conclusions, missing, margin, images, experiment.timing,
+                    packing_label(packing(done)))

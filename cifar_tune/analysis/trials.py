@@ -49,7 +49,7 @@ def trial_status(tune_status: str | None, last: dict[str, Any]) -> str:
 
 
 # The trial table's columns after the searched keys, precision and seed.
-TRIAL_COLUMNS = [*names.FINAL_METRICS, "epochs_done", "epochs", "status", "complete", "error", "device",
+TRIAL_COLUMNS = [*names.FINAL_METRICS, names.SHARING_METRIC, "epochs_done", "epochs", "status", "complete", "error", "device",
                  "trial_id", "path", "node_ip", "node_id", "hostname", "train_images_per_s", "best_train_acc",
                  "best_train_acc_epoch", "best_train_loss", "best_val_loss"]
 
@@ -66,6 +66,8 @@ def trial_row(record: TrialRecord, columns: list[str]) -> dict[str, Any]:
     return {
         **keys,
         **{m: last.get(m) for m in names.FINAL_METRICS},
+        # The most trials that shared its device during any epoch: how packed its training_time_s was.
+        names.SHARING_METRIC: pd.Series([r.get(names.SHARING_METRIC) for r in history], dtype=float).max(),
         "epochs_done": last.get("epoch", 0),
         "epochs": train.get("epochs"),
         "status": status,

@@ -16,11 +16,13 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.bench import bench_path
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
-from cifar_tune.names import ERROR, RESULTS_FILE, UNFINISHED
+from cifar_tune.names import CONFIG_FILE, ERROR, RESULTS_FILE, UNFINISHED
 from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
 from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
 from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
+from cifar_tune.orchestrator.timing import time_experiment
 from cifar_tune.plan import SearchPlan
+from cifar_tune.storage import Location
 
 INTERRUPTED = 130  # the shell's code for a SIGINT'ed command
 
@@ -79,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="equivalence margin in points (default: the experiment's analysis.margin_pp)")
     extend.add_argument("--address", help="join this Ray cluster instead of the one in the saved config")
 
+    timing = sub.add_parser("time", help="time each precision's training with the device to itself",
+                            description="Isolated training speed: for every precision of CONFIG (or of an experiment "
+                                        "folder), a Ray task holding a whole GPU, or every CPU of a node, trains "
+                                        "timing.steps steps per round, rounds interleaved across precisions. Writes "
+                                        "timing.csv (median img/s, speedup over fp32 with 95%% intervals) and "
+                                        "timing_rounds.csv into <storage_path>/<name>/ (or the folder given); the "
+                                        "report's speed claims use them.")
+    timing.add_argument("config", metavar="CONFIG_OR_EXPERIMENT",
+                        help="a YAML experiment file, or an experiment folder (local or cloud URI) that ran")
+    _add_set_option(timing, "override a config key, e.g. --set timing.rounds=8 --set timing.steps=50")
+    timing.add_argument("--address", help="join this Ray cluster; overrides ray.address")
+
     bench = sub.add_parser("bench", help="export, check and benchmark one trial's best weights",
                            description="Export the best-validation weights of a trial (or checkpoint) directory "
                                        "to TorchScript and ONNX, check parity on the test set and time every "
@@ -132,9 +146,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if not result["failed"] else 1
 
 
+def _time(args: argparse.Namespace) -> int:
+    source = Location.of(args.config)
+    folder = source if source.is_file(CONFIG_FILE) else None  # an experiment folder: time it in place
+    config = load_config(folder / CONFIG_FILE if folder else args.config, args.overrides)
+    if args.address:
+        config.ray.address = args.address
+    time_experiment(config, folder)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "time":
+            return _time(args)
         if args.command == "bench":
             return _bench(args)
         if args.command == "analyze":

@@ -31,15 +31,28 @@ from cifar_tune.analysis.stats import fastest_variants
 from cifar_tune.analysis.trials import format_table, results_view, trial_table
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
-from cifar_tune.names import BENCH_CSV, CHECKPOINT_SCORE, CONFIG_FILE, RESULTS_FILE, UNFINISHED
+from cifar_tune.names import (
+    BENCH_CSV,
+    CHECKPOINT_SCORE,
+    CONFIG_FILE,
+    ERROR,
+    RESULTS_FILE,
+    TIMING_CSV,
+    TIMING_ROUNDS_CSV,
+    UNFINISHED,
+)
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
 from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
 from cifar_tune.orchestrator.search import param_space
+from cifar_tune.orchestrator.timing import time_in_session
 from cifar_tune.plan import SearchPlan
 from cifar_tune.storage import Location, StorageError
 from cifar_tune.tracking import apply_wandb_mode, trial_callback
+from cifar_tune.trainables.occupancy import find_ledger, start_ledger
 from cifar_tune.trainables.trainable import train_cifar
+
+TIMING_FILES = (TIMING_CSV, TIMING_ROUNDS_CSV)  # may precede a run: `cifar-tune time` before `run`
 
 
 @dataclass
@@ -59,6 +72,23 @@ class ExperimentOutcome:
 def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
     resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_cifar, data=data), resources)
+
+
+class LedgerCallback(tune.Callback):
+    """A trial that errors or ends leaves the run's DeviceLedger (trainables/occupancy.py), even if
+    it died mid-epoch: else it would count as sharing its device until the run ends. The ledger is
+    looked up by name, so the callback Tune restores on `resume` finds that run's ledger."""
+
+    def _leave(self, trial: Any) -> None:
+        ledger = find_ledger()
+        if ledger is not None:
+            ledger.leave.remote(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._leave(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._leave(trial)
 
 
 def make_scheduler(config: ExperimentConfig, plan: SearchPlan) -> Any:
@@ -143,7 +173,7 @@ def _check_fresh(config: ExperimentConfig, folder: Location) -> None:
     """Never start a new experiment on top of an old one: its results would be mixed or lost.
     (A cheap early check; `_claim` below is the one that holds against a concurrent run.)"""
     try:
-        taken = bool(folder.listdir())
+        taken = bool(set(folder.listdir()) - set(TIMING_FILES))
     except OSError as exc:  # e.g. a bucket that does not exist, or no permission to list it
         raise _storage_error(config, folder, exc) from None
     if taken:
@@ -174,7 +204,7 @@ def _claim(config: ExperimentConfig, folder: Location) -> Iterator[None]:
         yield
         started = True
     finally:
-        if not started and folder.listdir() == [CONFIG_FILE]:  # nothing else written: leave no trace
+        if not started and set(folder.listdir()) - set(TIMING_FILES) == {CONFIG_FILE}:  # leave no trace
             folder.delete(CONFIG_FILE)
             folder.delete_dir_if_empty()
 
@@ -200,9 +230,33 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
 
 
 def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
-    hooks: list[Any] = [ExportCallback(config, plan, data)] if config.export.enabled else []
+    hooks: list[Any] = [LedgerCallback()] + ([ExportCallback(config, plan, data)] if config.export.enabled else [])
     wandb_hook = trial_callback(config, config.experiment_location())
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
+
+
+def _fit(tuner: tune.Tuner) -> Any:
+    """Tune's loop, with a DeviceLedger for the trials to count who shares their device."""
+    ledger = start_ledger()  # held here: Ray ends a named actor once no handle to it is left
+    with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
+        grid = tuner.fit()
+    del ledger
+    return grid
+
+
+def _time_if_asked(config: ExperimentConfig, data: CifarData, folder: Location, table: pd.DataFrame,
+                   quiet: bool) -> None:
+    """`timing.enabled`: the isolated timing, once every trial has ended (and none was timed before)."""
+    if not config.timing.enabled:
+        return
+    if folder.is_file(TIMING_CSV):
+        if not quiet:
+            print(f"\ntiming: {folder / TIMING_CSV} exists already; `cifar-tune time {folder}` measures again")
+    elif table["status"].isin([ERROR, UNFINISHED]).any():
+        if not quiet:
+            print(f"\ntiming: skipped, as not every trial finished; once they have: cifar-tune time {folder}")
+    else:
+        time_in_session(config, data, folder, quiet)
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
@@ -217,9 +271,10 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
     data = load_data(config.data)
     with _claim(config, folder), ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
-            grid = make_tuner(config, plan, data, _callbacks(config, plan, data, callbacks)).fit()
-    return _finish(config, plan, folder, grid, quiet)
+        grid = _fit(make_tuner(config, plan, data, _callbacks(config, plan, data, callbacks)))
+        outcome = _finish(config, plan, folder, grid, quiet)
+        _time_if_asked(config, data, folder, outcome.table, quiet)
+    return outcome
 
 
 def resume_experiment(path: str | Path, address: str | None = None, quiet: bool = False) -> ExperimentOutcome:
@@ -239,8 +294,8 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     data = load_data(config.data)
     with ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        tuner = tune.Tuner.restore(path.uri, trainable=make_trainable(config, data),
-                                   resume_unfinished=True, resume_errored=True)
-        with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
-            grid = tuner.fit()
-    return _finish(config, plan, path, grid, quiet)
+        grid = _fit(tune.Tuner.restore(path.uri, trainable=make_trainable(config, data),
+                                       resume_unfinished=True, resume_errored=True))
+        outcome = _finish(config, plan, path, grid, quiet)
+        _time_if_asked(config, data, path, outcome.table, quiet)
+    return outcome

@@ -180,19 +180,7 @@ class Trainer:
         start = time.perf_counter()
         order = torch.randperm(len(self.train_y), generator=self.data_generator, device=self.device)
         for step in range(steps):
-            idx = order[step * bs:(step + 1) * bs]
-            x = normalize(augment(self.train_x[idx], self.data_generator), self.cfg.channels_last)
-            y = self.train_y[idx]
-            with self.policy.autocast(self.device.type):
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            losses[step] = loss.detach()
-            correct[step] = (logits.argmax(1) == y).sum()
+            losses[step], correct[step] = self._train_step(order[step * bs:(step + 1) * bs])
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 self._check_finite(losses, step + 1)
         self._sync()
@@ -218,6 +206,41 @@ class Trainer:
             "train_images_per_s": steps * bs / train_time,
             "training_time_s": self.training_time_s,
         }
+
+    def _train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the training images `idx`; (loss, correct predictions), on the device."""
+        x = normalize(augment(self.train_x[idx], self.data_generator), self.cfg.channels_last)
+        y = self.train_y[idx]
+        with self.policy.autocast(self.device.type):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def time_steps(self, steps: int, warmup_steps: int = 0) -> dict[str, float]:
+        """Training speed alone: `warmup_steps` untimed steps (kernel choice, caches), then `steps`
+        timed ones, synchronized at both ends. For isolated timing (cifar-tune time): the trainer is
+        a throwaway, as the steps change its weights and schedule outside any epoch."""
+        bs = self.batch_size
+        # A schedule long enough for these steps (OneCycleLR refuses to step past its end).
+        self.scheduler = self._make_scheduler(max(warmup_steps + steps + 1, self.steps_per_epoch * self.cfg.epochs))
+        order = torch.randint(len(self.train_y), ((warmup_steps + steps) * bs,), generator=self.data_generator,
+                              device=self.device)
+        for step in range(warmup_steps):
+            self._train_step(order[step * bs:(step + 1) * bs])
+        self._sync()
+        start = time.perf_counter()
+        losses = torch.zeros(steps, device=self.device)
+        for step in range(warmup_steps, warmup_steps + steps):
+            losses[step - warmup_steps] = self._train_step(order[step * bs:(step + 1) * bs])[0]
+        self._sync()
+        seconds = time.perf_counter() - start
+        self._check_finite(losses, steps)
+        return {"steps": steps, "batch_size": bs, "seconds": seconds, "images_per_s": steps * bs / seconds}
 
     def _check_finite(self, losses: torch.Tensor, upto: int) -> None:
         bad = ~torch.isfinite(losses[:upto])

@@ -13,6 +13,8 @@ from ray import tune
 
 from cifar_tune.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.data import CifarData
+from cifar_tune.names import SHARING_METRIC
+from cifar_tune.trainables.occupancy import Occupancy
 from cifar_tune.trainables.train import Trainer, pick_device
 
 
@@ -22,13 +24,15 @@ class InjectedFailure(RuntimeError):
 
 def train_cifar(config: dict[str, Any], data: CifarData) -> None:
     """Train one trial. `config` is the experiment config with this trial's search values filled in;
-    `data` arrives once per experiment through the object store (`tune.with_parameters`)."""
+    `data` arrives once per experiment through the object store (`tune.with_parameters`). Each epoch
+    also records how many trials shared its device (occupancy.py), where the run keeps a ledger."""
     train_cfg = TrainConfig.model_validate(config["train"])
     model_cfg = ModelConfig.model_validate(config["model"])
     debug = DebugConfig.model_validate(config.get("debug", {}))
     device = pick_device(ResourcesConfig.model_validate(config["resources"]).gpus_per_trial)
     trainer = Trainer(train_cfg, model_cfg, data, device)
     node_id = ray.get_runtime_context().get_node_id()  # with Tune's node_ip and hostname: where it ran
+    occupancy = Occupancy(tune.get_context().get_trial_id(), device.type)
 
     resumed = False
     checkpoint = tune.get_checkpoint()
@@ -38,7 +42,11 @@ def train_cifar(config: dict[str, Any], data: CifarData) -> None:
         resumed = True
 
     while trainer.epoch < train_cfg.epochs:
+        occupancy.epoch_starts()
         metrics: dict[str, Any] = trainer.train_epoch()
+        sharing = occupancy.epoch_ends()
+        if sharing is not None:
+            metrics[SHARING_METRIC] = sharing
         if trainer.epoch == train_cfg.epochs:
             metrics.update(trainer.test())
         metrics["device"] = str(device)
