@@ -30,6 +30,7 @@ import torch
 
 from cifar_tune.config import DataConfig, ExportConfig, load_saved_config
 from cifar_tune.data import MEAN, STD, DataError, TorchvisionCIFAR10, batches_dir, load_data, normalize
+from cifar_tune.energy import EnergyMeter, nvml_handle
 from cifar_tune.errors import CifarTuneError, short_error
 from cifar_tune.export import Variant, build_variants, load_best_model
 from cifar_tune.names import (
@@ -63,23 +64,18 @@ def environment(threads: int, device: torch.device | None = None) -> dict[str, A
     }
     if device is not None and device.type == "cuda":
         env.update(gpu_uuid=str(torch.cuda.get_device_properties(device).uuid), cuda_version=torch.version.cuda,
-                   cudnn_version=torch.backends.cudnn.version(), **_nvml(device.index or 0))
+                   cudnn_version=torch.backends.cudnn.version(), **_nvml(device))
     return env
 
 
-def _nvml(index: int) -> dict[str, Any]:
+def _nvml(device: torch.device) -> dict[str, Any]:
     """Driver, SM clock (MHz) and power limit (W) from NVML, where pynvml is installed."""
     try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        pynvml, handle = nvml_handle(device)
         return {"driver_version": pynvml.nvmlSystemGetDriverVersion(),
                 "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
                 "power_limit_w": pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000}
-    except Exception:  # NVML present but unusable (no driver access): provenance stays partial
+    except Exception:  # no NVML, or present but unusable (no driver access): provenance stays partial
         return {}
 
 
@@ -184,6 +180,8 @@ class LatencyMeter:
         self.first_call_s = math.nan
         self.peak_memory_mb = math.nan
         self.events = uses_cuda_events(variant)
+        self.energy = EnergyMeter.for_device(variant.device)
+        self.energy_j: float | None = 0.0 if self.energy.available else None  # over the timed runs
 
     def _call(self) -> float:
         if self.events:
@@ -218,10 +216,13 @@ class LatencyMeter:
                                else resident_mb() - rss_before)
 
     def time_round(self, min_runs: int, min_duration_s: float) -> None:
-        started, runs = time.perf_counter(), 0
+        started, runs, energy_start = time.perf_counter(), 0, self.energy.read()
         while runs < min_runs or time.perf_counter() - started < min_duration_s:
             self.times.append(self._call())
             runs += 1
+        used = self.energy.joules_since(energy_start)
+        if self.energy_j is not None and used is not None:
+            self.energy_j += used
 
     def result(self) -> dict[str, Any]:
         """p50 with its 95% interval (order statistics), p90 and p99 where there are enough runs
@@ -233,7 +234,11 @@ class LatencyMeter:
                 "peak_memory_mb": self.peak_memory_mb, "p50_ms": 1e3 * p50, "p50_ci_low_ms": 1e3 * low,
                 "p50_ci_high_ms": 1e3 * high, "p90_ms": 1e3 * percentile_or_nan(times, 90),
                 "p99_ms": 1e3 * percentile_or_nan(times, 99), "mean_ms": 1e3 * float(np.mean(times)),
-                "images_per_s": self.batch_size / p50, "timer": "cuda_events" if self.events else "wall_clock"}
+                "images_per_s": self.batch_size / p50, "timer": "cuda_events" if self.events else "wall_clock",
+                # The device's energy over the timed runs, per image (the whole device: all it ran meanwhile).
+                "energy_mj_per_image": (1e3 * self.energy_j / (len(times) * self.batch_size)
+                                        if self.energy_j else math.nan),
+                "energy_source": self.energy.describe()}
 
 
 def measure_latencies(variants: list[Variant], batch_sizes: list[int],

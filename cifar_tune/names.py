@@ -49,8 +49,10 @@ EPOCH_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc", "best_epoch",
     "lr", "epoch_time_s", "train_images_per_s", "training_time_s",
 )
+# Reported with an epoch where the device has an energy counter (cifar_tune.energy).
+ENERGY_METRICS = ("energy_j", "images_per_j")
 # Reported once, after the last epoch.
-TEST_METRICS = ("test_loss", "test_acc", "test_time_s")
+TEST_METRICS = ("test_loss", "test_acc", "test_time_s", "energy_source")
 # A trial's final numbers, as the trial table carries them.
 FINAL_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "test_time_s", "training_time_s")
 # The columns of results.csv after the searched keys (documented in the README).

@@ -23,7 +23,8 @@ LAYERS = [
     ("bench/export", ["cifar_tune.bench", "cifar_tune.export"]),
     ("trainables", ["cifar_tune.trainables"]),
     ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config", "cifar_tune.storage",
-              "cifar_tune.plan", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking"]),
+              "cifar_tune.plan", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking",
+              "cifar_tune.energy"]),
 ]
 
 

@@ -10,12 +10,12 @@ import torch
 
 from cifar_tune.config import validate_config
 from cifar_tune.data import load_data
-from cifar_tune.names import EPOCH_METRICS, TEST_METRICS
+from cifar_tune.names import ENERGY_METRICS, EPOCH_METRICS, TEST_METRICS
 from cifar_tune.trainables.train import CheckpointError, DivergedError, PrecisionUnavailableError, Trainer
 
 from conftest import NATIVE_BF16, TEST_PRECISION
 
-TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s"}
+TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s", *ENERGY_METRICS}  # measured, not computed
 
 
 def _trainer(tiny_raw, **train) -> Trainer:
@@ -30,7 +30,7 @@ def test_learns_the_learnable_set(tiny_raw) -> None:
     assert history[-1]["val_acc"] > 0.6  # chance is 0.1
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert all(set(m) == set(EPOCH_METRICS) for m in history)  # what names.py promises tune.metric
+    assert all(set(m) - set(ENERGY_METRICS) == set(EPOCH_METRICS) for m in history)  # what names.py promises
     assert history[-1]["lr"] < history[0]["lr"]  # the cosine schedule decays
     test = trainer.test()
     assert set(test) == set(TEST_METRICS) and test["test_acc"] > 0.6

@@ -53,7 +53,8 @@ these numbers where present.
 
 """
 TIMING_SHOWN = ["precision", "rounds", "median_images_per_s", "ci_low", "ci_high", "speedup", "speedup_ci_low",
-                "speedup_ci_high", "device", "cpus", "gpus", "threads", "batch_size", "steps", "measured_at"]
+                "speedup_ci_high", "median_images_per_j", "device", "cpus", "gpus", "threads", "batch_size", "steps",
+                "measured_at"]
 
 
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:

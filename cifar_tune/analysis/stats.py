@@ -16,7 +16,7 @@ from scipy import stats
 from cifar_tune.names import REFERENCE_VARIANT
 
 CONFIDENCE = 0.95
-AGGREGATED = ["best_val_acc", "test_acc", "training_time_s", "train_images_per_s"]
+AGGREGATED = ["best_val_acc", "test_acc", "training_time_s", "train_images_per_s", "images_per_j"]
 
 
 def complete_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -55,6 +55,7 @@ METRIC_SCALE: dict[str, dict[str, Any]] = {
     "test_acc": {"bounds": (0.0, 1.0)},
     "training_time_s": {"log": True},
     "train_images_per_s": {"log": True},
+    "images_per_j": {"log": True},
 }
 
 
@@ -66,6 +67,8 @@ def aggregate(trials: pd.DataFrame, groups: list[str], metrics: list[str] = AGGR
     for key, part in done.groupby(groups, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         for metric in metrics:
+            if metric not in part or part[metric].isna().all():
+                continue  # e.g. energy, where the hardware did not tell
             options = METRIC_SCALE.get(metric, {})
             rows.append({**dict(zip(groups, key, strict=True)), "metric": metric, **mean_ci(part[metric], **options),
                          "scale": "log" if options.get("log") else "linear"})

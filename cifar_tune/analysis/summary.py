@@ -77,6 +77,9 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
         missing.append("no isolated timing (timing.csv): training speedups below come from per-trial times, "
                        f"{packing_note(packing(done))}; "
                        f"measure them with `cifar-tune time {experiment.path}`")
+    if not done.empty and done["images_per_j"].isna().all():
+        reasons = sorted({str(r).removeprefix("none: ") for r in done["energy_source"] if str(r).startswith("none")})
+        missing.append("no energy readings for training: " + ("; ".join(reasons) or "not recorded by this version"))
     if experiment.bench.empty:
         missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),

@@ -26,8 +26,8 @@ from cifar_tune.names import SHARING_METRIC
 
 SESSION = "measured_at"  # timing_rounds.csv: when that `cifar-tune time` started (ISO 8601, UTC)
 TIMING_COLUMNS = ["precision", "rounds", "median_images_per_s", "ci_low", "ci_high", "speedup", "speedup_ci_low",
-                  "speedup_ci_high", "baseline", "device", "node_id", "cpus", "gpus", "threads", "batch_size", "steps",
-                  SESSION]
+                  "speedup_ci_high", "baseline", "median_images_per_j", "energy_source", "device", "node_id", "cpus",
+                  "gpus", "threads", "batch_size", "steps", SESSION]
 
 
 def latest_session(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -54,9 +54,10 @@ def timing_summary(rounds: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame
             row.update(speedup=ratio["mean"], speedup_ci_low=ratio["ci_low"], speedup_ci_high=ratio["ci_high"])
         elif precision == baseline:
             row.update(speedup=1.0, speedup_ci_low=1.0, speedup_ci_high=1.0)
+        energy = pd.to_numeric(part.get("images_per_j", pd.Series(dtype=float)), errors="coerce")
+        row["median_images_per_j"] = float(energy.median()) if energy.notna().any() else math.nan
         first = part.iloc[0]
-        row.update({k: first.get(k) for k in ("device", "node_id", "cpus", "gpus", "threads", "batch_size", "steps",
-                                              SESSION)})
+        row.update({k: first.get(k) for k in TIMING_COLUMNS if k not in row and k in first})
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=TIMING_COLUMNS)
 

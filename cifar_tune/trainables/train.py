@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cifar_tune.config import ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, augment, normalize
+from cifar_tune.energy import EnergyMeter
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.models import build_model
 from cifar_tune.names import BEST_FILE, PREDICTIONS_FILE, STATE_FILE
@@ -131,6 +132,7 @@ class Trainer:
         self.steps_per_epoch = n // self.batch_size
         self.scheduler = self._make_scheduler(self.steps_per_epoch * train_cfg.epochs)
         self.scaler = self.policy.make_scaler(self.device.type)
+        self.energy = EnergyMeter.for_device(self.device)  # readings are None where the hardware does not tell
 
         self.test_predictions: np.ndarray | None = None  # per test image, set by test()
         self.epoch = 0  # epochs completed
@@ -177,7 +179,7 @@ class Trainer:
         losses = torch.zeros(steps, device=self.device)
         correct = torch.zeros(steps, device=self.device, dtype=torch.long)
         self._sync()
-        start = time.perf_counter()
+        start, energy_start = time.perf_counter(), self.energy.read()
         order = torch.randperm(len(self.train_y), generator=self.data_generator, device=self.device)
         for step in range(steps):
             losses[step], correct[step] = self._train_step(order[step * bs:(step + 1) * bs])
@@ -188,6 +190,7 @@ class Trainer:
 
         val_loss, val_acc = self.evaluate(self.val_x, self.val_y)
         epoch_time = time.perf_counter() - start
+        energy_j = self.energy.joules_since(energy_start)  # train + validation, like epoch_time_s
         self.epoch += 1
         self.training_time_s += epoch_time
         if val_acc > self.best_val_acc:
@@ -205,6 +208,7 @@ class Trainer:
             "epoch_time_s": epoch_time,
             "train_images_per_s": steps * bs / train_time,
             "training_time_s": self.training_time_s,
+            **({"energy_j": energy_j, "images_per_j": steps * bs / energy_j} if energy_j else {}),
         }
 
     def _train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,14 +237,17 @@ class Trainer:
         for step in range(warmup_steps):
             self._train_step(order[step * bs:(step + 1) * bs])
         self._sync()
-        start = time.perf_counter()
+        start, energy_start = time.perf_counter(), self.energy.read()
         losses = torch.zeros(steps, device=self.device)
         for step in range(warmup_steps, warmup_steps + steps):
             losses[step - warmup_steps] = self._train_step(order[step * bs:(step + 1) * bs])[0]
         self._sync()
         seconds = time.perf_counter() - start
+        energy_j = self.energy.joules_since(energy_start)
         self._check_finite(losses, steps)
-        return {"steps": steps, "batch_size": bs, "seconds": seconds, "images_per_s": steps * bs / seconds}
+        return {"steps": steps, "batch_size": bs, "seconds": seconds, "images_per_s": steps * bs / seconds,
+                "energy_j": energy_j, "images_per_j": steps * bs / energy_j if energy_j else None,
+                "energy_source": self.energy.describe()}
 
     def _check_finite(self, losses: torch.Tensor, upto: int) -> None:
         bad = ~torch.isfinite(losses[:upto])
@@ -288,7 +295,8 @@ class Trainer:
         start = time.perf_counter()
         self._logits(model, self.test_x)
         self._sync()
-        return {"test_loss": test_loss, "test_acc": test_acc, "test_time_s": time.perf_counter() - start}
+        return {"test_loss": test_loss, "test_acc": test_acc, "test_time_s": time.perf_counter() - start,
+                "energy_source": self.energy.describe()}
 
     # ------------------------------------------------------------------ checkpoints
 
