@@ -53,7 +53,7 @@ def main() -> None:
     images = normalize(test_x)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as out:
-        variants, failed = build_variants(model, Path(out), device, normalize(train_x[:512]), args.threads)
+        variants, failed, _ = build_variants(model, Path(out), device, normalize(train_x[:512]), args.threads)
         reference = logits_of(variants[0], images)
         checks = {v.name: parity(v, images, test_y, reference, settings) for v in variants}
 

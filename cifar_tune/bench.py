@@ -327,10 +327,12 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
 def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.Module, meta: dict[str, Any],
                     images: torch.Tensor, test_y: torch.Tensor, calibration: torch.Tensor, settings: ExportConfig,
                     device: torch.device, threads: int, data_root: str | None) -> dict[str, Any]:
-    variants, failed = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt)
+    variants, failed, skipped = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt,
+                                               settings.variants)
     reference = logits_of(variants[0], images)
     parity_rows = [parity(v, images, test_y, reference, settings) for v in variants]
     parity_rows += [{"variant": name, "status": "export_failed", "reason": reason} for name, reason in failed.items()]
+    parity_rows += [{"variant": name, "status": "skipped", "reason": reason} for name, reason in skipped.items()]
     status = {row["variant"]: row["status"] for row in parity_rows}
     change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}
 
@@ -341,7 +343,7 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
         for batch_size in settings.batch_sizes:
             row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
                    "device": str(variant.device), "device_name": device_name(variant.device),
-                   "load_s": variant.load_s,
+                   "load_s": variant.load_s, "build_s": variant.build_s,
                    "file_mb": variant.file.stat().st_size / 1e6 if variant.file is not None else math.nan,
                    "parity": status[variant.name], "accuracy_change_pp": change[variant.name][0],
                    "agreement": change[variant.name][1], **env, **latencies[(variant.name, batch_size)]}

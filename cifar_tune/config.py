@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cifar_tune.errors import CifarTuneError
-from cifar_tune.names import EPOCH_METRICS
+from cifar_tune.names import EPOCH_METRICS, REFERENCE_VARIANT, VARIANTS
 
 if TYPE_CHECKING:
     from cifar_tune.storage import Location
@@ -150,6 +150,8 @@ class RayConfig(Section):
 
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Export, check and benchmark every finished trial's best checkpoint.")
+    variants: list[str] | None = Field(
+        None, description="Variants to build (null: every one the device runs; eager_fp32, the reference, always).")
     gpus: float | None = Field(
         None, ge=0, le=1,
         description="GPUs for each export task (null: the trials' GPU share, or 1 if they use none; 0 without GPUs).")
@@ -171,6 +173,16 @@ class ExportConfig(Section):
     tensorrt: bool = Field(False, description="Put ONNX Runtime's TensorRT provider first where it is installed.")
     timeout_s: float = Field(
         1800, gt=0, description="How long the experiment's end waits for the next unfinished export to finish.")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [v for v in value if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))}; known: {', '.join(VARIANTS)}")
+        return [v for v in VARIANTS if v in value or v == REFERENCE_VARIANT]  # the reference, and a fixed order
 
     @field_validator("batch_sizes")
     @classmethod

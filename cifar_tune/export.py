@@ -6,6 +6,8 @@ From a trial's best-validation weights (`best_model.pt`):
     eager_channels_last  same weights, channels_last memory format
     eager_bf16 / _fp16   torch.autocast at inference, channels_last (fp16 only where the device runs it well)
     torchscript          jit.trace + freeze saved as model.pt; optimize_for_inference when loaded
+    compiled             torch.compile (inductor, default mode); on CUDA also compiled_max_autotune
+                         (mode "max-autotune") and compiled_cudagraphs (mode "reduce-overhead")
     onnx_fp32            torch.onnx.export, dynamic batch, one file model.onnx, ONNX Runtime with
                          graph optimization ALL (CUDA provider with IO binding on GPU, CPU otherwise)
     onnx_fp16            model.fp16.onnx, fp16 weights and math, fp32 inputs/outputs (GPU only)
@@ -13,7 +15,8 @@ From a trial's best-validation weights (`best_model.pt`):
 
 Every variant takes a normalized float32 NCHW batch and returns float32 logits, so parity and
 timing code treat them alike. `prepare` moves an input where the variant wants it (outside any
-timer); `run` is what gets timed.
+timer); `run` is what gets timed. `build_s` is what making the artifact took (export, quantization,
+compilation), `load_s` what loading it took: both apart from any latency.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import shutil
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -66,6 +71,7 @@ class Variant(ABC):
     runtime: str  # "torch", or the ONNX Runtime provider that really runs it
     load_s: float = math.nan  # seconds from its file (or the in-memory model) to ready to run
     file: Path | None = None  # the deployment artifact it runs, if it is a file
+    build_s: float = math.nan  # seconds to make it: export, quantize or compile (NaN: nothing to build)
 
     def prepare(self, x: torch.Tensor) -> Any:
         return x.to(self.device)
@@ -126,6 +132,27 @@ class TorchScriptVariant(Variant):
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
+
+
+class CompiledVariant(Variant):
+    """torch.compile of the eager model (inductor). Compilation happens at the first call, so the
+    constructor makes one (batch 1) and records it as `build_s`; later batch sizes may recompile
+    once more (dynamic shapes), which lands in their first-call time, never in steady-state latency."""
+
+    def __init__(self, name: str, model: torch.nn.Module, device: torch.device, mode: str | None = None) -> None:
+        super().__init__(name, "fp32", device, "torch")
+        start = time.perf_counter()
+        self.model = torch.compile(model.to(device).eval(), mode=mode)
+        self.load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.run(self.prepare(torch.randn(1, 3, 32, 32)))
+        self.sync()
+        self.build_s = time.perf_counter() - start
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        # cudagraphs (reduce-overhead) reuse their output buffer: hand out a copy
+        return self.model(x).clone()
 
 
 class OrtVariant(Variant):
@@ -260,44 +287,99 @@ def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Pa
     return path
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on a CPU ($CXX, else g++, c++ or clang++ on PATH), or None."""
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return next((found for c in candidates if c and (found := shutil.which(c))), None)
+
+
+# Variants only a CUDA device runs, and why (for a request on another device).
+CUDA_ONLY = {"compiled_max_autotune": "max-autotune tunes GPU kernels", "compiled_cudagraphs": "CUDA graphs",
+             "onnx_fp16": "fp16 math in ONNX Runtime is for its CUDA provider"}
+COMPILE_MODES = {"compiled": None, "compiled_max_autotune": "max-autotune", "compiled_cudagraphs": "reduce-overhead"}
+
+
 def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
-                   threads: int, tensorrt: bool = False) -> tuple[list[Variant], dict[str, str]]:
-    """Write the export files into out_dir and return every variant that could be built on `device`,
-    plus {variant name: reason} for those that could not (an export exception is recorded, not raised)."""
+                   threads: int, tensorrt: bool = False,
+                   wanted: list[str] | None = None) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
+    """Write the export files into out_dir. Returns every variant that could be built on `device`,
+    {name: reason} of those that failed to build (an export exception is recorded, not raised), and
+    {name: reason} of those skipped because this device or installation cannot run them.
+    `wanted`: the names to build (None: every variant the device runs; only a wanted one is listed
+    as skipped). The reference (eager fp32) is always built."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
         ort_providers()  # load onnxruntime-gpu's CUDA libraries before the first session
     variants: list[Variant] = [EagerVariant(REFERENCE_VARIANT, copy.deepcopy(model), device)]
     failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
 
-    def attempt(name: str, build) -> None:
+    def asked(name: str) -> bool:
+        if wanted is not None and name not in wanted:
+            return False
+        if name in CUDA_ONLY and device.type != "cuda":
+            if wanted is not None:
+                skipped[name] = f"needs a CUDA device ({CUDA_ONLY[name]}); this export runs on {device.type}"
+            return False
+        return True
+
+    def attempt(name: str, build: Any, save: Any = None) -> None:
+        """Build one variant, timing `save` (making its file) as its build_s."""
+        if not asked(name):
+            return
         try:
-            variants.append(build())
+            start = time.perf_counter()
+            path = save() if save else None
+            build_s = time.perf_counter() - start
+            variant = build(path) if save else build()
+            if save:
+                variant.build_s = build_s
+            variants.append(variant)
         except Exception as exc:  # one broken variant must not stop the others
             failed[name] = short_error(exc)
 
     attempt("eager_channels_last",
             lambda: EagerVariant("eager_channels_last", copy.deepcopy(model), device, channels_last=True))
     for precision, name in (("bf16", "amp_bf16"), ("fp16", "amp_fp16")):
-        if device_problem(name, device.type) is None:
+        problem = device_problem(name, device.type)
+        if problem is None:
             attempt(f"eager_{precision}",
                     lambda p=precision: EagerVariant(f"eager_{p}", copy.deepcopy(model), device, p, channels_last=True))
-    attempt("torchscript", lambda: TorchScriptVariant(save_torchscript(model, out_dir / TORCHSCRIPT_FILE), device))
+        elif wanted is not None and f"eager_{precision}" in wanted:
+            skipped[f"eager_{precision}"] = f"{name} on {device.type}: {problem}"
+    attempt("torchscript", lambda path: TorchScriptVariant(path, device),
+            lambda: save_torchscript(model, out_dir / TORCHSCRIPT_FILE))
+    no_compiler = device.type == "cpu" and cxx_compiler() is None
+    for name, mode in COMPILE_MODES.items():
+        if no_compiler and asked(name):
+            skipped[name] = "torch.compile on a CPU needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH"
+        elif not no_compiler:
+            attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m))
+
+    onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8") if asked(n)]
+    if not onnx_names:
+        return variants, failed, skipped
     try:
-        onnx_path = save_onnx(model, out_dir / ONNX_FILE)
+        start = time.perf_counter()
+        onnx_path = save_onnx(model, out_dir / ONNX_FILE)  # also the source of the fp16 and int8 files
+        onnx_build_s = time.perf_counter() - start
     except Exception as exc:
-        failed["onnx_fp32"] = short_error(exc)
-        return variants, failed
+        failed.update({n: f"ONNX export failed: {short_error(exc)}" for n in onnx_names})
+        return variants, failed, skipped
     attempt("onnx_fp32", lambda: OrtVariant("onnx_fp32", "fp32", onnx_path, device, threads, tensorrt))
-    on_gpu = any(v.name == "onnx_fp32" and v.device.type == "cuda" for v in variants)
-    if device.type == "cuda" and not on_gpu:
+    if variants[-1].name == "onnx_fp32":
+        variants[-1].build_s = onnx_build_s
+    # Whether ONNX Runtime here has a working CUDA provider (not so when the CPU package won): believe
+    # the fp32 session where there is one, as onnxruntime-gpu falls back to the CPU silently.
+    fp32 = next((v for v in variants if v.name == "onnx_fp32"), None)
+    on_gpu = fp32.device.type == "cuda" if fp32 else device.type == "cuda" and "CUDAExecutionProvider" in ort_providers()
+    if device.type == "cuda" and not on_gpu and "onnx_fp16" in onnx_names:
         failed["onnx_fp16"] = ("onnxruntime here has no working CUDA provider (onnx_fp32 ran on the CPU instead); "
                                f"providers: {', '.join(ort_providers())}. Install onnxruntime-gpu in place of "
                                "onnxruntime (README: GPU nodes)")
     if on_gpu:
-        attempt("onnx_fp16", lambda: OrtVariant("onnx_fp16", "fp16", save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE),
-                                                device, threads, tensorrt))
-    attempt("onnx_int8", lambda: OrtVariant("onnx_int8", "int8",
-                                            save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration),
-                                            torch.device("cpu"), threads))
-    return variants, failed
+        attempt("onnx_fp16", lambda path: OrtVariant("onnx_fp16", "fp16", path, device, threads, tensorrt),
+                lambda: save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE))
+    attempt("onnx_int8", lambda path: OrtVariant("onnx_int8", "int8", path, torch.device("cpu"), threads),
+            lambda: save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration))
+    return variants, failed, skipped

@@ -13,11 +13,11 @@ from cifar_tune.analysis.load import load_experiment
 from cifar_tune.config import validate_config
 from cifar_tune.orchestrator.cli import main
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION
+from conftest import ALLOW_SECOND, FAST_VARIANTS, SECOND_PRECISION
 
 pytestmark = pytest.mark.usefixtures("ray_for_tests")
 QUICK_EXPORT = {"enabled": True, "batch_sizes": [1, 4], "warmup_runs": 1, "min_runs": 2, "min_duration_s": 0.0,
-                "calibration_images": 64, "end_to_end": False}
+                "calibration_images": 64, "end_to_end": False, "variants": FAST_VARIANTS}
 
 
 def _png_ok(path: Path) -> None:

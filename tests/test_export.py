@@ -29,20 +29,20 @@ from cifar_tune.bench import (
     percentile_or_nan,
     uses_cuda_events,
 )
-from cifar_tune.config import ExportConfig, validate_config
+from cifar_tune.config import ConfigError, ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.trainables.train import Trainer
 
-from conftest import NATIVE_BF16, TEST_PRECISION
+from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION
 
 QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration_s=0.0, calibration_images=64,
-                     end_to_end=False)
+                     end_to_end=False, variants=FAST_VARIANTS)
 PARITY_FIELDS = {"variant", "variant_precision", "runtime", "device", "images", "accuracy", "accuracy_change_pp",
                  "agreement", "max_abs_diff", "mean_abs_diff", "tolerance", "status"}
 BENCH_FIELDS = {"variant", "variant_precision", "runtime", "device", "parity", "batch_size", "runs", "p50_ms",
                 "p50_ci_low_ms", "p50_ci_high_ms", "first_call_ms", "peak_memory_mb", "load_s", "file_mb",
-                "cpu_name", "load_average_1m", "accuracy_change_pp", "agreement", "p90_ms", "p99_ms", "mean_ms",
+                "cpu_name", "load_average_1m", "build_s", "accuracy_change_pp", "agreement", "p90_ms", "p99_ms", "mean_ms",
                 "images_per_s", "device_name", "torch_version", "timer",
                 "onnxruntime_version", "onnx_version", "threads", "date"}
 # eager_bf16 only where this CPU runs bf16 natively (the export skips it elsewhere, as it would crawl).
@@ -245,7 +245,7 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     capsys.readouterr()
     code = main(["bench", trial, "--out", str(outcome.path / "standalone"), "--set", "batch_sizes=[2]",
                  "--set", "min_runs=2", "--set", "min_duration_s=0", "--set", "end_to_end=false",
-                 "--set", "calibration_images=64"])
+                 "--set", "calibration_images=64", "--set", f"variants={FAST_VARIANTS}"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "onnx_int8" in out and "batch    2: p50" in out
@@ -339,3 +339,45 @@ def test_only_torch_variants_on_a_gpu_use_cuda_events() -> None:
     assert uses_cuda_events(_Logged("eager", [], device="cuda"))
     assert not uses_cuda_events(_Logged("onnx", [], device="cuda", runtime="CUDAExecutionProvider"))
     assert not uses_cuda_events(_Logged("eager", []))
+
+
+# --------------------------------------------------------------------------- choosing variants, torch.compile
+
+
+def test_unknown_variant_is_a_config_error_naming_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"export\.variants: unknown variant\(s\) 'tensorrt_fp8'; known: eager_fp32"):
+        validate_config({"export": {"variants": ["onnx_fp32", "tensorrt_fp8"]}})
+    chosen = validate_config({"export": {"variants": ["onnx_int8", "compiled"]}}).export.variants
+    assert chosen == ["eager_fp32", "compiled", "onnx_int8"]  # the reference added; the documented order
+
+
+def test_variants_this_machine_cannot_run_are_skipped_with_the_reason(trained, tmp_path: Path, monkeypatch) -> None:
+    trial, data = trained
+    monkeypatch.setattr(export_mod, "cxx_compiler", lambda: None)  # a CPU box without g++ or clang++
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16"]})
+    result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,
+                              device=torch.device("cpu"), threads=1)
+    status = {row["variant"]: row for row in result["parity"]}
+    assert set(status) == {"eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16"}
+    assert status["eager_fp32"]["status"] == "ok" and not result["failed"]  # skipping is not failing
+    assert "C++ compiler" in status["compiled"]["reason"] and status["compiled"]["status"] == "skipped"
+    assert "needs a CUDA device" in status["compiled_cudagraphs"]["reason"]
+    assert "needs a CUDA device" in status["onnx_fp16"]["reason"]
+    assert {row["variant"] for row in result["bench"]} == {"eager_fp32"}
+    assert not (tmp_path / "model.onnx").exists()  # no ONNX variant asked for: no ONNX export made
+
+
+@pytest.mark.slow
+def test_compiled_variant_meets_parity_and_reports_compile_time_apart(trained, tmp_path: Path) -> None:
+    trial, data = trained
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled"]})
+    result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,
+                              device=torch.device("cpu"), threads=1)
+    parity = {row["variant"]: row for row in result["parity"]}
+    assert parity["compiled"]["status"] == "ok" and parity["compiled"]["agreement"] >= 0.999
+    rows = {row["batch_size"]: row for row in result["bench"] if row["variant"] == "compiled"}
+    assert set(rows) == {1, 8}
+    for row in rows.values():
+        assert row["build_s"] > 0.5  # compiling takes real time, reported apart ...
+        assert 1e3 * row["build_s"] > row["p50_ms"]  # ... and kept out of the steady-state latency
+        assert row["runtime"] == "torch" and row["timer"] == "wall_clock" and math.isnan(row["file_mb"])

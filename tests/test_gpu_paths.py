@@ -21,8 +21,10 @@ from cifar_tune.orchestrator import export_hook
 from cifar_tune.plan import SearchPlan
 from cifar_tune.trainables.train import Trainer
 
+from conftest import FAST_VARIANTS
+
 QUICK = ExportConfig(batch_sizes=[2], warmup_runs=0, min_runs=2, min_duration_s=0.0, calibration_images=32,
-                     end_to_end=False)
+                     end_to_end=False, variants=FAST_VARIANTS)
 
 
 @pytest.fixture(scope="module")

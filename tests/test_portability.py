@@ -15,6 +15,8 @@ import yaml
 
 from cifar_tune.orchestrator.cli import main
 
+from conftest import FAST_VARIANTS
+
 
 def _without_native_bf16(monkeypatch) -> None:
     """An AVX2-only CPU, as torch's capability queries would describe it."""
@@ -61,7 +63,7 @@ CORE = textwrap.dedent("""
     metrics = trainer.train_epoch()
     trainer.save({ckpt!r})
     quick = ExportConfig(batch_sizes=[2], warmup_runs=0, min_runs=2, min_duration_s=0, calibration_images=32,
-                         end_to_end=False)
+                         end_to_end=False, variants={variants!r})
     result = bench_checkpoint({ckpt!r}, {out!r}, data.test_x, data.test_y, data.train_x, quick,
                               device=torch.device("cpu"), threads=1)
     blocked = [m for m in ("ray", "wandb", "scipy", "matplotlib") if sys.modules.get(m) is not None]
@@ -72,7 +74,7 @@ CORE = textwrap.dedent("""
 def test_core_runs_without_ray_wandb_scipy_or_matplotlib(tmp_path: Path) -> None:
     (tmp_path / "ckpt").mkdir()
     script = CORE.format(tests=str(Path(__file__).parent), root=str(tmp_path / "data"), ckpt=str(tmp_path / "ckpt"),
-                         out=str(tmp_path / "export"))
+                         out=str(tmp_path / "export"), variants=FAST_VARIANTS)
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -26,10 +26,12 @@ from s3_server import SECRET, client, objects, s3_env, s3_server
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
 
+from conftest import FAST_VARIANTS
+
 CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_EXPORT = {"enabled": True, "cpus": 1, "batch_sizes": [2], "warmup_runs": 1, "min_runs": 3, "min_duration_s": 0.0,
-                "calibration_images": 64, "end_to_end": False}
+                "calibration_images": 64, "end_to_end": False, "variants": FAST_VARIANTS}
 
 
 # --------------------------------------------------------------------------- Location, on local disk
