@@ -45,8 +45,12 @@ from cifar_tune.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, load_cifar10, load_data, split_train_val  # noqa: E402
 from cifar_tune.export import ort_providers  # noqa: E402
 from cifar_tune.models import forward_flops_per_image  # noqa: E402
+from cifar_tune.names import VARIANTS  # noqa: E402
 from cifar_tune.precision import POLICIES, device_problem, policy  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
+
+# Every variant: those the device cannot run are listed under "Not run" with the reason.
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "compiled_max_autotune"]
 
 SUBSET_LIMIT_BYTES = 50 * 2**20
 MATMUL_DTYPES = {"fp32": ("fp32", torch.float32), "tf32": ("tf32", torch.float32),
@@ -241,7 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = ExportConfig(batch_sizes=batch_sizes, warmup_runs=1 if args.quick else 5,
                             min_runs=3 if args.quick else 50, min_duration_s=0.0 if args.quick else 1.0,
                             calibration_images=64 if args.quick else 512, end_to_end=False,
-                            tensorrt=True)
+                            variants=args.variants.split(",") if args.variants else DEFAULT_VARIANTS)
     deployment = []
     with tempfile.TemporaryDirectory() as checkpoint:
         trainers["fp32"].save(checkpoint)
@@ -256,8 +260,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    if b["variant"] == row["variant"] and "p50_ms" in b}
         deployment.append({**row, "p50_ms": timings})
     not_run += [{"what": f"variant {name}", "why": why} for name, why in bench["failed"].items()]
-    if device.type == "cuda" and not any(r.get("runtime") == "TensorrtExecutionProvider" for r in bench["parity"]):
-        not_run.append({"what": "TensorRT", "why": "onnxruntime here has no TensorrtExecutionProvider"})
+    not_run += [{"what": f"variant {row['variant']}", "why": row["reason"]} for row in bench["parity"]
+                if row["status"] == "skipped"]
 
     return {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else cpu_name(), "machine": f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     parser.add_argument("--allow-slow", action="store_true", help="also train precisions the device emulates")
     parser.add_argument("--out", default="gpu-check", help="folder for report.md, gpu_check.json, export/")
+    parser.add_argument("--variants", help="deployment variants, comma-separated (default: all but "
+                                           "compiled_max_autotune, whose kernel search takes minutes)")
     args = parser.parse_args(argv)
     if args.make_subset:
         if not args.data:

@@ -9,7 +9,9 @@ Variants run interleaved, round after round, because this machine's speed drifts
 within minutes; medians and ratios are what to read. A 2048x2048 matmul measured in every round
 gives the achieved GFLOP/s a yardstick (training ~ 3x the forward FLOPs).
 
-    python benchmarks/train_throughput.py --data ../shared/data --rounds 3 --steps 20
+    python benchmarks/train_throughput.py --data ../shared/data --rounds 3 --steps 20 [--compile]
+
+--compile adds each precision trained through torch.compile (train.compile), compile time printed apart.
 """
 
 from __future__ import annotations
@@ -72,14 +74,16 @@ class Reference:
 class Ours:
     """cifar_tune's Trainer, timed on its own training pass (train_images_per_s)."""
 
-    def __init__(self, data: CifarData, precision: str, channels_last: bool, batch_size: int, steps: int) -> None:
-        self.name = f"cifar-tune: {precision}, {'channels_last' if channels_last else 'NCHW'}, tensor aug"
+    def __init__(self, data: CifarData, precision: str, channels_last: bool, batch_size: int, steps: int,
+                 compile: bool = False) -> None:
+        self.name = (f"cifar-tune: {precision}, {'channels_last' if channels_last else 'NCHW'}, tensor aug"
+                     + (", torch.compile" if compile else ""))
         n = steps * batch_size
         small = CifarData(data.train_x[:n], data.train_y[:n], data.test_x[:batch_size], data.test_y[:batch_size],
                           data.test_x[:batch_size], data.test_y[:batch_size], data.classes, data.checksums_ok)
         cfg = TrainConfig(precision=precision, channels_last=channels_last, batch_size=batch_size,
-                          epochs=1000, eval_batch_size=batch_size)
-        self.trainer = Trainer(cfg, ModelConfig(), small)
+                          epochs=1000, eval_batch_size=batch_size, compile=compile)
+        self.trainer = Trainer(cfg, ModelConfig(), small)  # with compile: compiled here, timed as compile_time_s
 
     def images_per_s(self, steps: int) -> float:
         return self.trainer.train_epoch()["train_images_per_s"]
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--compile", action="store_true",
+                        help="also each precision trained through torch.compile (train.compile), side by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -106,6 +112,11 @@ def main() -> None:
                 Ours(data, "fp32", False, args.batch_size, args.steps),
                 Ours(data, "fp32", True, args.batch_size, args.steps),
                 Ours(data, "amp_bf16", True, args.batch_size, args.steps)]
+    if args.compile:
+        variants += [Ours(data, "fp32", True, args.batch_size, args.steps, compile=True),
+                     Ours(data, "amp_bf16", True, args.batch_size, args.steps, compile=True)]
+        for v in variants[-2:]:
+            print(f"{v.name}: compiled in {v.trainer.compile_time_s:.1f} s (not in any img/s below)", flush=True)
     for v in variants:  # warm-up: first batches, allocator, oneDNN kernel choice
         v.images_per_s(3 if isinstance(v, Reference) else args.steps)
 
@@ -131,9 +142,14 @@ def main() -> None:
         print(f"| {name} | {med:.0f} ({min(values):.0f}-{max(values):.0f}) | {med / ref:.2f}x | {gflops:.0f} |")
     print(f"\n2048x2048 matmul in the same rounds: fp32 {statistics.median(matmul['fp32']):.0f} GFLOP/s, "
           f"bf16 {statistics.median(matmul['bf16']):.0f} GFLOP/s (medians)")
-    best = statistics.median(speeds[variants[-1].name]) / ref
+    best = statistics.median(speeds[variants[3].name]) / ref
     print(f"target: amp_bf16 + channels_last >= 2.0x the reference: {best:.2f}x, "
           f"{'met' if best >= 2.0 else 'NOT met'}")
+    for compiled in variants[4:]:
+        eager_name = compiled.name.removesuffix(", torch.compile")
+        ratio = statistics.median(speeds[compiled.name]) / statistics.median(speeds[eager_name])
+        print(f"torch.compile vs eager, {eager_name.removeprefix('cifar-tune: ')}: {ratio:.2f}x "
+              f"(compile {compiled.trainer.compile_time_s:.0f} s, once per process)")
 
 
 if __name__ == "__main__":

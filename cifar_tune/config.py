@@ -108,6 +108,8 @@ class TrainConfig(Section):
     )
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length for the cosine schedule.")
     channels_last: bool = Field(True, description="Run the model in channels_last memory format.")
+    compile: bool = Field(
+        False, description="Train through torch.compile (searchable; compile time reported apart as compile_time_s).")
     deterministic: bool = Field(False, description="Also force deterministic kernels (slower on GPU).")
     allow_slow_precision: bool = Field(
         False,
@@ -170,7 +172,8 @@ class ExportConfig(Section):
     calibration_images: int = Field(512, gt=0, description="Training images used to calibrate INT8.")
     end_to_end: bool = Field(
         True, description="Also time one DataLoader pass over the test files (the original study's measure).")
-    tensorrt: bool = Field(False, description="Put ONNX Runtime's TensorRT provider first where it is installed.")
+    tensorrt: bool = Field(
+        False, description="Also run onnx_fp32/onnx_fp16 through TensorRT where installed (the tensorrt variant does anyway).")
     timeout_s: float = Field(
         1800, gt=0, description="How long the experiment's end waits for the next unfinished export to finish.")
 

@@ -11,6 +11,8 @@ From a trial's best-validation weights (`best_model.pt`):
     onnx_fp32            torch.onnx.export, dynamic batch, one file model.onnx, ONNX Runtime with
                          graph optimization ALL (CUDA provider with IO binding on GPU, CPU otherwise)
     onnx_fp16            model.fp16.onnx, fp16 weights and math, fp32 inputs/outputs (GPU only)
+    tensorrt             model.onnx through ONNX Runtime's TensorRT provider with fp16 allowed (where
+                         onnxruntime-gpu has it, on an NVIDIA GPU); the engine is built at the first call
     onnx_int8            model.int8.onnx, static QDQ quantization calibrated on training images (CPU)
 
 Every variant takes a normalized float32 NCHW batch and returns float32 logits, so parity and
@@ -160,7 +162,7 @@ class OrtVariant(Variant):
     so host-device copies are not timed as compute."""
 
     def __init__(self, name: str, precision: str, path: Path, device: torch.device, threads: int,
-                 tensorrt: bool = False) -> None:
+                 tensorrt: bool = False, tensorrt_fp16: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -174,7 +176,8 @@ class OrtVariant(Variant):
             cuda_options = {"device_id": device.index or 0, "use_tf32": 0}
             wanted = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
             if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
-                wanted.insert(0, ("TensorrtExecutionProvider", {"device_id": device.index or 0}))
+                wanted.insert(0, ("TensorrtExecutionProvider", {"device_id": device.index or 0,
+                                                                 "trt_fp16_enable": tensorrt_fp16}))
         start = time.perf_counter()
         self.session = ort.InferenceSession(str(path), options, providers=wanted)
         load_s = time.perf_counter() - start
@@ -295,7 +298,8 @@ def cxx_compiler() -> str | None:
 
 # Variants only a CUDA device runs, and why (for a request on another device).
 CUDA_ONLY = {"compiled_max_autotune": "max-autotune tunes GPU kernels", "compiled_cudagraphs": "CUDA graphs",
-             "onnx_fp16": "fp16 math in ONNX Runtime is for its CUDA provider"}
+             "onnx_fp16": "fp16 math in ONNX Runtime is for its CUDA provider",
+             "tensorrt": "TensorRT runs on NVIDIA GPUs"}
 COMPILE_MODES = {"compiled": None, "compiled_max_autotune": "max-autotune", "compiled_cudagraphs": "reduce-overhead"}
 
 
@@ -356,7 +360,7 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
         elif not no_compiler:
             attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m))
 
-    onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8") if asked(n)]
+    onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt") if asked(n)]
     if not onnx_names:
         return variants, failed, skipped
     try:
@@ -382,4 +386,16 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
                 lambda: save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE))
     attempt("onnx_int8", lambda path: OrtVariant("onnx_int8", "int8", path, torch.device("cpu"), threads),
             lambda: save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration))
+    if "tensorrt" in onnx_names and "TensorrtExecutionProvider" not in ort_providers():
+        skipped["tensorrt"] = ("onnxruntime here has no TensorRT provider (it needs onnxruntime-gpu built with "
+                               f"TensorRT and the TensorRT libraries); providers: {', '.join(ort_providers())}")
+    elif "tensorrt" in onnx_names:
+        attempt("tensorrt", lambda: _tensorrt_variant(onnx_path, device, threads))
     return variants, failed, skipped
+
+
+def _tensorrt_variant(onnx_path: Path, device: torch.device, threads: int) -> OrtVariant:
+    variant = OrtVariant("tensorrt", "fp16", onnx_path, device, threads, tensorrt=True, tensorrt_fp16=True)
+    if variant.runtime != "TensorrtExecutionProvider":  # the provider declined the graph or failed to start
+        raise ExportError(f"the TensorRT provider did not take the model (runs on {variant.runtime})")
+    return variant

@@ -354,15 +354,17 @@ def test_unknown_variant_is_a_config_error_naming_the_known_ones() -> None:
 def test_variants_this_machine_cannot_run_are_skipped_with_the_reason(trained, tmp_path: Path, monkeypatch) -> None:
     trial, data = trained
     monkeypatch.setattr(export_mod, "cxx_compiler", lambda: None)  # a CPU box without g++ or clang++
-    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16"]})
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16",
+                                                     "tensorrt"]})
     result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,
                               device=torch.device("cpu"), threads=1)
     status = {row["variant"]: row for row in result["parity"]}
-    assert set(status) == {"eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16"}
+    assert set(status) == {"eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16", "tensorrt"}
     assert status["eager_fp32"]["status"] == "ok" and not result["failed"]  # skipping is not failing
     assert "C++ compiler" in status["compiled"]["reason"] and status["compiled"]["status"] == "skipped"
     assert "needs a CUDA device" in status["compiled_cudagraphs"]["reason"]
     assert "needs a CUDA device" in status["onnx_fp16"]["reason"]
+    assert "needs a CUDA device" in status["tensorrt"]["reason"]
     assert {row["variant"] for row in result["bench"]} == {"eager_fp32"}
     assert not (tmp_path / "model.onnx").exists()  # no ONNX variant asked for: no ONNX export made
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cifar_files import write_cifar
+from conftest import FAST_VARIANTS
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 
@@ -23,8 +24,11 @@ def _module():
 
 
 def test_quick_cpu_run_reports_training_checks_and_variants(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    # All but torch.compile's variants (a minute of compiling here; tests/test_export.py covers them),
+    # and tensorrt, asked for to see it listed as not run.
+    variants = ",".join([*FAST_VARIANTS, "tensorrt"])
+    run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path),
+                          "--variants", variants], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "synthetic" in result["data"]
@@ -38,6 +42,7 @@ def test_quick_cpu_run_reports_training_checks_and_variants(tmp_path: Path) -> N
     assert variants["onnx_fp32"]["status"] == "ok" and variants["onnx_fp32"]["p50_ms"]
     not_run = {item["what"] for item in result["not_run"]}
     assert "training in tf32" in not_run  # and says why
+    assert "variant tensorrt" in not_run  # a CUDA-only variant asked for on a CPU: skipped, with the reason
     report = (tmp_path / "report.md").read_text()
     assert "## Not run" in report and "TF32 is a CUDA tensor-core mode" in report
 

@@ -15,7 +15,8 @@ from cifar_tune.trainables.train import CheckpointError, DivergedError, Precisio
 
 from conftest import NATIVE_BF16, TEST_PRECISION
 
-TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s", *ENERGY_METRICS}  # measured, not computed
+TIME_KEYS = {"epoch_time_s", "train_images_per_s", "training_time_s", "test_time_s", "compile_time_s",
+             *ENERGY_METRICS}  # measured, not computed
 
 
 def _trainer(tiny_raw, **train) -> Trainer:
@@ -65,6 +66,32 @@ def test_resume_from_checkpoint_is_exact(tiny_raw, tmp_path: Path, precision: st
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert _without_times(resumed.test()) == _without_times(straight.test())
+
+
+@pytest.mark.slow
+def test_compiled_training_compiles_apart_undoes_its_warm_up_and_resumes_exactly(tiny_raw, tmp_path: Path) -> None:
+    tiny_raw = {**tiny_raw, "data": {**tiny_raw["data"], "train_subset": 96}}
+    eager = _trainer(tiny_raw, precision="fp32")
+    straight = _trainer(tiny_raw, precision="fp32", compile=True)
+    assert straight.compile_time_s > 0.5  # compiled before the first epoch, not inside it ...
+    for key, value in eager.model.state_dict().items():  # ... and the compiling step left no trace
+        assert torch.equal(value, straight.model.state_dict()[key]), key
+    assert torch.equal(eager.data_generator.get_state(), straight.data_generator.get_state())
+    history = [straight.train_epoch() for _ in range(2)]
+    assert history[0]["compile_time_s"] == straight.compile_time_s
+    assert history[0]["epoch_time_s"] < straight.compile_time_s  # the compile is not in the epoch
+
+    first = _trainer(tiny_raw, precision="fp32", compile=True)
+    first.train_epoch()
+    first.save(tmp_path)
+    del first
+    torch.manual_seed(12345)  # a fresh process would start from other RNG states
+    resumed = _trainer(tiny_raw, precision="fp32", compile=True)
+    resumed.load(tmp_path)
+    last = resumed.train_epoch()
+    assert _without_times(last) == _without_times(history[-1])
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
 def test_checkpoint_files_load_with_weights_only(tiny_raw, tmp_path: Path) -> None:

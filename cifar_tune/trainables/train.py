@@ -125,6 +125,9 @@ class Trainer:
         self.test_x, self.test_y = to(data.test_x), to(data.test_y)
 
         self.model = build_model(model_cfg, train_cfg.channels_last).to(self.device)
+        # What a training step calls: the model itself, or (train.compile) torch.compile of it, which
+        # shares its parameters, so the optimizer, checkpoints and evaluation see one set of weights.
+        self.step_model: torch.nn.Module = torch.compile(self.model) if train_cfg.compile else self.model
         self.optimizer = self._make_optimizer()
         n = len(self.train_y)
         # Drop the ragged last batch (BatchNorm dislikes tiny batches), but always take at least one.
@@ -140,6 +143,7 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = {}
+        self.compile_time_s = self._compile_now() if train_cfg.compile else 0.0
 
     # ------------------------------------------------------------------ setup
 
@@ -165,6 +169,26 @@ class Trainer:
             return cosine
         ramp = sched.LinearLR(self.optimizer, start_factor=0.1, total_iters=warmup)
         return sched.SequentialLR(self.optimizer, [ramp, cosine], milestones=[warmup])
+
+    def _compile_now(self) -> float:
+        """Compile the training step (forward and backward) before the first epoch, so its cost is
+        reported apart from epoch times: one step on the first training images whose effects are all
+        undone (weights and batch-norm statistics, gradients, RNG), so the run that follows is the
+        one it would have been. Returns the seconds it took."""
+        start = time.perf_counter()
+        saved = copy.deepcopy(self.model.state_dict())
+        cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        x = normalize(self.train_x[:self.batch_size], self.cfg.channels_last)
+        with self.policy.autocast(self.device.type):
+            loss = F.cross_entropy(self.step_model(x), self.train_y[:self.batch_size])
+        loss.backward()
+        self._sync()
+        self.model.load_state_dict(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        return time.perf_counter() - start
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -209,6 +233,7 @@ class Trainer:
             "train_images_per_s": steps * bs / train_time,
             "training_time_s": self.training_time_s,
             **({"energy_j": energy_j, "images_per_j": steps * bs / energy_j} if energy_j else {}),
+            **({"compile_time_s": self.compile_time_s} if self.cfg.compile else {}),  # this process's compile
         }
 
     def _train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +241,7 @@ class Trainer:
         x = normalize(augment(self.train_x[idx], self.data_generator), self.cfg.channels_last)
         y = self.train_y[idx]
         with self.policy.autocast(self.device.type):
-            logits = self.model(x)
+            logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
