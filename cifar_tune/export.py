@@ -8,6 +8,9 @@ From a trial's best-validation weights (`best_model.pt`):
     torchscript          jit.trace + freeze saved as model.pt; optimize_for_inference when loaded
     compiled             torch.compile (inductor, default mode); on CUDA also compiled_max_autotune
                          (mode "max-autotune") and compiled_cudagraphs (mode "reduce-overhead")
+    aoti                 torch.export with a dynamic batch, compiled and packaged by AOTInductor as
+                         model.pt2, loaded with torch._inductor.aoti_load_package (checked and its load
+                         timed in a fresh process, as a deployment loads it)
     onnx_fp32            torch.onnx.export, dynamic batch, one file model.onnx, ONNX Runtime with
                          graph optimization ALL (CUDA provider with IO binding on GPU, CPU otherwise)
     onnx_fp16            model.fp16.onnx, fp16 weights and math, fp32 inputs/outputs (GPU only)
@@ -28,6 +31,9 @@ import copy
 import math
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -41,7 +47,15 @@ import torch
 from cifar_tune.config import ModelConfig
 from cifar_tune.errors import short_error
 from cifar_tune.models import AlexNet, build_model
-from cifar_tune.names import BEST_FILE, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, REFERENCE_VARIANT, TORCHSCRIPT_FILE
+from cifar_tune.names import (
+    AOTI_FILE,
+    BEST_FILE,
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    ONNX_INT8_FILE,
+    REFERENCE_VARIANT,
+    TORCHSCRIPT_FILE,
+)
 from cifar_tune.precision import device_problem
 
 
@@ -157,6 +171,19 @@ class CompiledVariant(Variant):
         return self.model(x).clone()
 
 
+class AotiVariant(Variant):
+    """model.pt2 (AOTInductor): a compiled shared library plus weights, run without Python tracing."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        super().__init__("aoti", "fp32", device, "torch")
+        self.runner = torch._inductor.aoti_load_package(str(path))
+        self.file = path
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x)
+
+
 class OrtVariant(Variant):
     """An ONNX file in ONNX Runtime; on CUDA the input and output live on the GPU (IO binding),
     so host-device copies are not timed as compute."""
@@ -234,6 +261,55 @@ def save_torchscript(model: torch.nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.freeze(torch.jit.trace(model.eval(), example)).save(str(path))
     return path
+
+
+def save_aoti(model: torch.nn.Module, path: Path, device: torch.device) -> Path:
+    """torch.export with a dynamic batch dimension, compiled for `device` and packaged by
+    AOTInductor into one file."""
+    example = torch.randn(2, 3, 32, 32, device=device)
+    exported = torch.export.export(copy.deepcopy(model).to(device).eval(), (example,),
+                                   dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}})
+    return Path(torch._inductor.aoti_compile_and_package(exported, package_path=str(path)))
+
+
+LOAD_IN_FRESH_PROCESS = """
+import sys, time, torch
+device = torch.device(sys.argv[2])
+start = time.perf_counter()
+runner = torch._inductor.aoti_load_package(sys.argv[1])
+x = torch.load(sys.argv[3], weights_only=True).to(device)
+with torch.inference_mode():
+    logits = runner(x)
+if device.type == "cuda":
+    torch.cuda.synchronize(device)
+print(time.perf_counter() - start)
+torch.save(logits.cpu(), sys.argv[3])
+"""
+
+
+def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Load a model.pt2 in a new Python process, as a deployment would, and run `x` through it:
+    (seconds to load and run once, logits). Proves the package needs nothing of the process that made it."""
+    with tempfile.TemporaryDirectory() as folder:
+        io = Path(folder) / "x.pt"
+        torch.save(x.cpu(), io)
+        done = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(path), str(device), str(io)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise ExportError(f"{path.name} does not load in a fresh process: {done.stderr.strip()[-500:]}")
+        return float(done.stdout.strip().splitlines()[-1]), torch.load(io, weights_only=True)
+
+
+def _aoti_variant(model: torch.nn.Module, path: Path, device: torch.device) -> AotiVariant:
+    """The package loaded here for parity and timing, after a fresh process has loaded it and given
+    the same logits; its load_s is the fresh process's (load and first call)."""
+    variant = AotiVariant(path, device)
+    x = torch.randn(4, 3, 32, 32)
+    variant.load_s, fresh = load_in_fresh_process(path, device, x)
+    here = variant.predict(x)
+    if not torch.allclose(fresh, here, atol=1e-4, rtol=1e-4):
+        raise ExportError(f"{path.name} gives other logits in a fresh process (max diff {(fresh - here).abs().max():.3g})")
+    return variant
 
 
 def save_onnx(model: torch.nn.Module, path: Path) -> Path:
@@ -359,6 +435,11 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
             skipped[name] = "torch.compile on a CPU needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH"
         elif not no_compiler:
             attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m))
+
+    if cxx_compiler() is None and asked("aoti"):  # its wrapper is C++ on any device
+        skipped["aoti"] = "AOTInductor on a CPU needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH"
+    elif cxx_compiler() is not None:
+        attempt("aoti", lambda path: _aoti_variant(model, path, device), lambda: save_aoti(model, out_dir / AOTI_FILE, device))
 
     onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt") if asked(n)]
     if not onnx_names:

@@ -36,6 +36,7 @@ CHECKPOINT_GLOB = "checkpoint_*"
 # --------------------------------------------------------------------------- exports
 EXPORT_DIR = "export"
 TORCHSCRIPT_FILE = "model.pt"
+AOTI_FILE = "model.pt2"  # torch.export + AOTInductor package
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
@@ -44,7 +45,7 @@ BENCH_FILE = "bench.json"
 REFERENCE_VARIANT = "eager_fp32"  # what every speedup and parity check is measured against
 # Every deployment variant, in the order they are built and listed (cifar_tune.export says what each is).
 VARIANTS = ("eager_fp32", "eager_channels_last", "eager_bf16", "eager_fp16", "torchscript", "compiled",
-            "compiled_max_autotune", "compiled_cudagraphs", "onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt")
+            "compiled_max_autotune", "compiled_cudagraphs", "aoti", "onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt")
 
 # --------------------------------------------------------------------------- metrics
 # Reported by a trial after every epoch; `tune.metric` must be one of them.

@@ -27,9 +27,9 @@ NATIVE_BF16 = device_problem("amp_bf16", "cpu") is None
 TEST_PRECISION = "amp_bf16" if NATIVE_BF16 else "fp32"
 SECOND_PRECISION = "amp_bf16" if NATIVE_BF16 else "tf32"
 ALLOW_SECOND = {"allow_slow_precision": not NATIVE_BF16}
-# The variants a CPU export builds by default, but torch.compile's: compiling takes about a minute
-# on 2 cores, so only the tests about compiled variants (marked slow) build them.
-FAST_VARIANTS = [v for v in VARIANTS if not v.startswith("compiled") and v not in ("onnx_fp16", "tensorrt")
+# The variants a CPU export builds by default, but torch.compile's and AOTInductor's: compiling
+# takes half a minute or more on 2 cores, so only the tests about them (marked slow) build them.
+FAST_VARIANTS = [v for v in VARIANTS if not v.startswith("compiled") and v not in ("aoti", "onnx_fp16", "tensorrt")
                  and not (v.startswith("eager_") and v[6:] in ("bf16", "fp16")
                           and device_problem(f"amp_{v[6:]}", "cpu") is not None)]
 

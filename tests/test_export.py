@@ -354,14 +354,15 @@ def test_unknown_variant_is_a_config_error_naming_the_known_ones() -> None:
 def test_variants_this_machine_cannot_run_are_skipped_with_the_reason(trained, tmp_path: Path, monkeypatch) -> None:
     trial, data = trained
     monkeypatch.setattr(export_mod, "cxx_compiler", lambda: None)  # a CPU box without g++ or clang++
-    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16",
-                                                     "tensorrt"]})
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "aoti",
+                                                     "onnx_fp16", "tensorrt"]})
     result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,
                               device=torch.device("cpu"), threads=1)
     status = {row["variant"]: row for row in result["parity"]}
-    assert set(status) == {"eager_fp32", "compiled", "compiled_cudagraphs", "onnx_fp16", "tensorrt"}
+    assert set(status) == {"eager_fp32", "compiled", "compiled_cudagraphs", "aoti", "onnx_fp16", "tensorrt"}
     assert status["eager_fp32"]["status"] == "ok" and not result["failed"]  # skipping is not failing
     assert "C++ compiler" in status["compiled"]["reason"] and status["compiled"]["status"] == "skipped"
+    assert "C++ compiler" in status["aoti"]["reason"] and status["aoti"]["status"] == "skipped"
     assert "needs a CUDA device" in status["compiled_cudagraphs"]["reason"]
     assert "needs a CUDA device" in status["onnx_fp16"]["reason"]
     assert "needs a CUDA device" in status["tensorrt"]["reason"]
@@ -370,9 +371,9 @@ def test_variants_this_machine_cannot_run_are_skipped_with_the_reason(trained, t
 
 
 @pytest.mark.slow
-def test_compiled_variant_meets_parity_and_reports_compile_time_apart(trained, tmp_path: Path) -> None:
+def test_compiled_and_aoti_variants_meet_parity_and_report_compile_time_apart(trained, tmp_path: Path) -> None:
     trial, data = trained
-    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled"]})
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "aoti"]})
     result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,
                               device=torch.device("cpu"), threads=1)
     parity = {row["variant"]: row for row in result["parity"]}
@@ -383,3 +384,8 @@ def test_compiled_variant_meets_parity_and_reports_compile_time_apart(trained, t
         assert row["build_s"] > 0.5  # compiling takes real time, reported apart ...
         assert 1e3 * row["build_s"] > row["p50_ms"]  # ... and kept out of the steady-state latency
         assert row["runtime"] == "torch" and row["timer"] == "wall_clock" and math.isnan(row["file_mb"])
+    # AOTInductor: one self-contained file, loaded (and checked) in a fresh process, as a deployment would.
+    assert parity["aoti"]["status"] == "ok" and parity["aoti"]["agreement"] >= 0.999
+    packaged = [row for row in result["bench"] if row["variant"] == "aoti"]
+    assert len(packaged) == 2 and all(row["build_s"] > 0.5 and row["load_s"] > 0 for row in packaged)
+    assert packaged[0]["file_mb"] == pytest.approx((tmp_path / "model.pt2").stat().st_size / 1e6)
