@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,64,512")
     parser.add_argument("--min-duration", type=float, default=1.0, help="seconds per variant, batch and round")
+    parser.add_argument("--variants", help="comma-separated variant names (default: every one this device runs)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--test-images", type=int, default=None, help="first N test images only (quick runs)")
     args = parser.parse_args()
@@ -53,22 +54,27 @@ def main() -> None:
     images = normalize(test_x)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as out:
-        variants, failed, _ = build_variants(model, Path(out), device, normalize(train_x[:512]), args.threads)
+        variants, failed, skipped = build_variants(model, Path(out), device, normalize(train_x[:512]), args.threads,
+                                                   wanted=args.variants.split(",") if args.variants else None)
         reference = logits_of(variants[0], images)
         checks = {v.name: parity(v, images, test_y, reference, settings) for v in variants}
 
         p50: dict[tuple[str, int], list[float]] = {(v.name, b): [] for v in variants for b in batch_sizes}
+        first_call: dict[tuple[str, int], float] = {}  # the real first call: round 1's (compiles, allocates)
         for r in range(args.rounds):
             for batch in batch_sizes:
                 for v in variants:
-                    p50[(v.name, batch)].append(latency(v, batch, settings)["p50_ms"])
+                    row = latency(v, batch, settings)
+                    p50[(v.name, batch)].append(row["p50_ms"])
+                    first_call.setdefault((v.name, batch), row["first_call_ms"])
             print(f"round {r + 1}/{args.rounds} done", flush=True)
+        sizes = {v.name: v.file.stat().st_size / 1e6 if v.file else float("nan") for v in variants}
 
     print(f"\n{machine_line()}")
     print(f"checkpoint: {checkpoint} (trained {meta.get('precision')}, best val_acc {meta.get('val_acc'):.4f}); "
           f"test set {len(test_y)} images; {args.rounds} rounds interleaved, >= {args.min_duration} s each")
-    if failed:
-        print(f"variants that failed to build: {failed}")
+    if failed or skipped:
+        print(f"variants that failed to build: {failed}; skipped: {skipped}")
     header = " | ".join(f"bs {b}: p50 ms (x eager)" for b in batch_sizes)
     print(f"\n| variant | runtime | accuracy | change vs eager fp32 | agreement | parity | {header} |")
     print("|---|---|---|---|---|---|" + "---|" * len(batch_sizes))
@@ -84,6 +90,13 @@ def main() -> None:
                 best[b] = (ratio, v.name)
         print(f"| {v.name} | {v.runtime} | {100 * c['accuracy']:.2f}% | {c['accuracy_change_pp']:+.2f} pp | "
               f"{100 * c['agreement']:.2f}% | {c['status']} | " + " | ".join(cells) + " |")
+    print("\nWhat each variant costs before its steady state: build (export, quantize or compile), load, "
+          "the first call at each batch size (round 1), the artifact's size")
+    print("\n| variant | build s | load s | " + " | ".join(f"first call bs {b} ms" for b in batch_sizes) + " | file MB |")
+    print("|---|---|---|" + "---|" * len(batch_sizes) + "---|")
+    for v in variants:
+        print(f"| {v.name} | {v.build_s:.2f} | {v.load_s:.3f} | "
+              + " | ".join(f"{first_call[(v.name, b)]:.1f}" for b in batch_sizes) + f" | {sizes[v.name]:.1f} |")
     print()
     for b, target in ((min(batch_sizes), 2.0), (max(batch_sizes), 1.6)):
         ratio, name = best[b]

@@ -197,3 +197,20 @@ def test_time_before_the_run_then_run_in_the_same_folder(tiny_raw) -> None:
     assert (outcome.table["status"] == "TERMINATED").all()
     assert len(pd.read_csv(outcome.path / TIMING_ROUNDS_CSV)) == 2  # measured once, not again after the run
     assert outcome.table[SHARING_METRIC].tolist() == [1]
+
+
+def test_a_timing_failure_after_the_trials_keeps_their_results(tiny_raw, tmp_path: Path, monkeypatch, capsys) -> None:
+    from cifar_tune.orchestrator import experiment
+    from cifar_tune.storage import Location
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConfigError("timing.gpus: 1 GPU per timing task, but no node of the cluster has that many")
+
+    monkeypatch.setattr(experiment, "time_in_session", broken)
+    config = validate_config({**tiny_raw, "timing": {"enabled": True}})
+    finished = pd.DataFrame({"status": ["TERMINATED"]})
+    experiment._time_if_asked(config, None, Location.of(tmp_path), finished, quiet=False)  # does not raise
+    out = capsys.readouterr().out
+    assert "timing failed" in out and "timing.gpus" in out and f"cifar-tune time {tmp_path}" in out
+    experiment._time_if_asked(config, None, Location.of(tmp_path), pd.DataFrame({"status": ["ERROR"]}), quiet=False)
+    assert "not every trial finished" in capsys.readouterr().out

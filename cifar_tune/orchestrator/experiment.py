@@ -256,7 +256,11 @@ def _time_if_asked(config: ExperimentConfig, data: CifarData, folder: Location, 
         if not quiet:
             print(f"\ntiming: skipped, as not every trial finished; once they have: cifar-tune time {folder}")
     else:
-        time_in_session(config, data, folder, quiet)
+        try:
+            time_in_session(config, data, folder, quiet)
+        except Exception as exc:  # the trials' results are written: a timing failure must not cost them
+            print(f"\ntiming failed ({type(exc).__name__}: {exc}); the trials' results stand. Measure again "
+                  f"with: cifar-tune time {folder}")
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
