@@ -157,6 +157,7 @@ class CompiledVariant(Variant):
 
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device, mode: str | None = None) -> None:
         super().__init__(name, "fp32", device, "torch")
+        self.reuses_output = mode == "reduce-overhead"
         start = time.perf_counter()
         self.model = torch.compile(model.to(device).eval(), mode=mode)
         self.load_s = time.perf_counter() - start
@@ -167,8 +168,9 @@ class CompiledVariant(Variant):
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        # cudagraphs (reduce-overhead) reuse their output buffer: hand out a copy
-        return self.model(x).clone()
+        out = self.model(x)
+        # cudagraphs (reduce-overhead) reuse their output buffer: hand out a copy there, only there
+        return out.clone() if self.reuses_output else out
 
 
 class AotiVariant(Variant):
@@ -394,18 +396,23 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
 
-    def asked(name: str) -> bool:
+    def asked(name: str, missing: str | None = None, list_always: bool = False) -> bool:
+        """Whether to build `name` here. One that cannot be built here (a CUDA-only variant on another
+        device, or `missing`: what this machine lacks) is listed as skipped with the reason: always
+        where `list_always` (an installation gap worth knowing), else only when asked for by name."""
         if wanted is not None and name not in wanted:
             return False
         if name in CUDA_ONLY and device.type != "cuda":
-            if wanted is not None:
-                skipped[name] = f"needs a CUDA device ({CUDA_ONLY[name]}); this export runs on {device.type}"
+            missing, list_always = f"needs a CUDA device ({CUDA_ONLY[name]}); this export runs on {device.type}", False
+        if missing:
+            if wanted is not None or list_always:
+                skipped[name] = missing
             return False
         return True
 
-    def attempt(name: str, build: Any, save: Any = None) -> None:
+    def attempt(name: str, build: Any, save: Any = None, missing: str | None = None, list_always: bool = False) -> None:
         """Build one variant, timing `save` (making its file) as its build_s."""
-        if not asked(name):
+        if not asked(name, missing, list_always):
             return
         try:
             start = time.perf_counter()
@@ -422,24 +429,19 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
             lambda: EagerVariant("eager_channels_last", copy.deepcopy(model), device, channels_last=True))
     for precision, name in (("bf16", "amp_bf16"), ("fp16", "amp_fp16")):
         problem = device_problem(name, device.type)
-        if problem is None:
-            attempt(f"eager_{precision}",
-                    lambda p=precision: EagerVariant(f"eager_{p}", copy.deepcopy(model), device, p, channels_last=True))
-        elif wanted is not None and f"eager_{precision}" in wanted:
-            skipped[f"eager_{precision}"] = f"{name} on {device.type}: {problem}"
+        attempt(f"eager_{precision}",
+                lambda p=precision: EagerVariant(f"eager_{p}", copy.deepcopy(model), device, p, channels_last=True),
+                missing=f"{name} on {device.type}: {problem}" if problem else None)
     attempt("torchscript", lambda path: TorchScriptVariant(path, device),
             lambda: save_torchscript(model, out_dir / TORCHSCRIPT_FILE))
-    no_compiler = device.type == "cpu" and cxx_compiler() is None
-    for name, mode in COMPILE_MODES.items():
-        if no_compiler and asked(name):
-            skipped[name] = "torch.compile on a CPU needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH"
-        elif not no_compiler:
-            attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m))
-
-    if cxx_compiler() is None and asked("aoti"):  # its wrapper is C++ on any device
-        skipped["aoti"] = "AOTInductor on a CPU needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH"
-    elif cxx_compiler() is not None:
-        attempt("aoti", lambda path: _aoti_variant(model, path, device), lambda: save_aoti(model, out_dir / AOTI_FILE, device))
+    no_compiler = "needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH" if cxx_compiler() is None else None
+    for name, mode in COMPILE_MODES.items():  # inductor's CPU kernels are C++; its CUDA ones are Triton
+        attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m),
+                missing=f"torch.compile on a CPU {no_compiler}" if no_compiler and device.type == "cpu" else None,
+                list_always=True)
+    attempt("aoti", lambda path: _aoti_variant(model, path, device),  # its wrapper is C++ on any device
+            lambda: save_aoti(model, out_dir / AOTI_FILE, device),
+            missing=f"AOTInductor on a CPU {no_compiler}" if no_compiler else None, list_always=True)
 
     onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt") if asked(n)]
     if not onnx_names:
@@ -467,11 +469,11 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
                 lambda: save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE))
     attempt("onnx_int8", lambda path: OrtVariant("onnx_int8", "int8", path, torch.device("cpu"), threads),
             lambda: save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration))
-    if "tensorrt" in onnx_names and "TensorrtExecutionProvider" not in ort_providers():
-        skipped["tensorrt"] = ("onnxruntime here has no TensorRT provider (it needs onnxruntime-gpu built with "
-                               f"TensorRT and the TensorRT libraries); providers: {', '.join(ort_providers())}")
-    elif "tensorrt" in onnx_names:
-        attempt("tensorrt", lambda: _tensorrt_variant(onnx_path, device, threads))
+    if "tensorrt" in onnx_names:
+        no_trt = None if "TensorrtExecutionProvider" in ort_providers() else (
+            "onnxruntime here has no TensorRT provider (it needs onnxruntime-gpu built with TensorRT and the "
+            f"TensorRT libraries); providers: {', '.join(ort_providers())}")
+        attempt("tensorrt", lambda: _tensorrt_variant(onnx_path, device, threads), missing=no_trt, list_always=True)
     return variants, failed, skipped
 
 

@@ -73,9 +73,10 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
     elif len(precisions) > 1:
         missing.append("no per-image test predictions in the trials' checkpoints (saved since cifar-tune 0.2): "
                        "no McNemar test")
+    packed = packing(done)  # the most trials that shared a device: how per-trial times were measured
     if len(precisions) > 1 and experiment.timing.empty:
         missing.append("no isolated timing (timing.csv): training speedups below come from per-trial times, "
-                       f"{packing_note(packing(done))}; "
+                       f"{packing_note(packed)}; "
                        f"measure them with `cifar-tune time {experiment.path}`")
     if not done.empty and done["images_per_j"].isna().all():
         reasons = sorted({str(r).removeprefix("none: ") for r in done["energy_source"] if str(r).startswith("none")})
@@ -84,4 +85,4 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
         missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
                     inference_speedups(experiment.bench), conclusions, missing, margin, images, experiment.timing,
-                    packing_label(packing(done)))
+                    packing_label(packed))

@@ -176,8 +176,7 @@ class Trainer:
         undone (weights and batch-norm statistics, gradients, RNG), so the run that follows is the
         one it would have been. Returns the seconds it took."""
         start = time.perf_counter()
-        saved = copy.deepcopy(self.model.state_dict())
-        cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        saved, rng = copy.deepcopy(self.model.state_dict()), _rng_state(self.data_generator)
         x = normalize(self.train_x[:self.batch_size], self.cfg.channels_last)
         with self.policy.autocast(self.device.type):
             loss = F.cross_entropy(self.step_model(x), self.train_y[:self.batch_size])
@@ -185,9 +184,7 @@ class Trainer:
         self._sync()
         self.model.load_state_dict(saved)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        _set_rng_state(rng, self.data_generator)  # the same states a checkpoint saves and restores
         return time.perf_counter() - start
 
     def _sync(self) -> None:
