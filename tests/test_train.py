@@ -71,15 +71,21 @@ def test_resume_from_checkpoint_is_exact(tiny_raw, tmp_path: Path, precision: st
 @pytest.mark.slow
 def test_compiled_training_compiles_apart_undoes_its_warm_up_and_resumes_exactly(tiny_raw, tmp_path: Path) -> None:
     tiny_raw = {**tiny_raw, "data": {**tiny_raw["data"], "train_subset": 96}}
+    from torch._dynamo.utils import counters  # what dynamo compiled in this process (a count, not a time)
+
     eager = _trainer(tiny_raw, precision="fp32")
+    before = sum(counters["frames"].values())
     straight = _trainer(tiny_raw, precision="fp32", compile=True)
-    assert straight.compile_time_s > 0.5  # compiled before the first epoch, not inside it ...
+    compiled = sum(counters["frames"].values())
+    assert compiled > before and straight.compile_time_s > 0  # compiled before the first epoch ...
     for key, value in eager.model.state_dict().items():  # ... and the compiling step left no trace
         assert torch.equal(value, straight.model.state_dict()[key]), key
     assert torch.equal(eager.data_generator.get_state(), straight.data_generator.get_state())
     history = [straight.train_epoch() for _ in range(2)]
     assert history[0]["compile_time_s"] == straight.compile_time_s
-    assert history[0]["epoch_time_s"] < straight.compile_time_s  # the compile is not in the epoch
+    # ... and nothing inside the epochs (timings would say so only on a quiet machine; with a warm
+    # compile cache a compile can take less time than an epoch on a busy one).
+    assert sum(counters["frames"].values()) == compiled
 
     first = _trainer(tiny_raw, precision="fp32", compile=True)
     first.train_epoch()
