@@ -7,7 +7,7 @@ Variants and batch sizes are timed interleaved, round after round (this machine 
 2x within minutes); the table gives the median over rounds of each p50 latency, and the ratio.
 Accuracy change and agreement come from the full parity pass on the test set.
 
-    python benchmarks/inference.py CHECKPOINT_OR_TRIAL_DIR --data ../shared/data --rounds 3
+    python benchmarks/inference.py CHECKPOINT_OR_TRIAL_DIR --data ../shared/data --rounds 3 --cold-cache
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ def main() -> None:
     parser.add_argument("--variants", help="comma-separated variant names (default: every one this device runs)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--test-images", type=int, default=None, help="first N test images only (quick runs)")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="compile into an empty inductor cache, so build times are what a new machine pays")
     args = parser.parse_args()
+    cold_cache = tempfile.TemporaryDirectory() if args.cold_cache else None
+    if cold_cache:  # inductor reads this at each cache lookup; nothing has compiled yet in this process
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache.name
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -91,7 +96,8 @@ def main() -> None:
         print(f"| {v.name} | {v.runtime} | {100 * c['accuracy']:.2f}% | {c['accuracy_change_pp']:+.2f} pp | "
               f"{100 * c['agreement']:.2f}% | {c['status']} | " + " | ".join(cells) + " |")
     print("\nWhat each variant costs before its steady state: build (export, quantize or compile), load, "
-          "the first call at each batch size (round 1), the artifact's size")
+          "the first call at each batch size (round 1), the artifact's size; inductor cache "
+          + ("empty at the start (--cold-cache)" if cold_cache else "as found (warm if this model compiled before)"))
     print("\n| variant | build s | load s | " + " | ".join(f"first call bs {b} ms" for b in batch_sizes) + " | file MB |")
     print("|---|---|---|" + "---|" * len(batch_sizes) + "---|")
     for v in variants:

@@ -8,6 +8,8 @@ From a trial's best-validation weights (`best_model.pt`):
     torchscript          jit.trace + freeze saved as model.pt; optimize_for_inference when loaded
     compiled             torch.compile (inductor, default mode); on CUDA also compiled_max_autotune
                          (mode "max-autotune") and compiled_cudagraphs (mode "reduce-overhead")
+    compiled_frozen      the same with inductor's freezing (weights as constants: batch norm folded,
+                         oneDNN weights pre-packed on a CPU), inductor's recipe for inference
     aoti                 torch.export with a dynamic batch, compiled and packaged by AOTInductor as
                          model.pt2, loaded with torch._inductor.aoti_load_package (checked and its load
                          timed in a fresh process, as a deployment loads it)
@@ -153,13 +155,24 @@ class TorchScriptVariant(Variant):
 class CompiledVariant(Variant):
     """torch.compile of the eager model (inductor). Compilation happens at the first call, so the
     constructor makes one (batch 1) and records it as `build_s`; later batch sizes may recompile
-    once more (dynamic shapes), which lands in their first-call time, never in steady-state latency."""
+    once more (dynamic shapes), which lands in their first-call time, never in steady-state latency.
 
-    def __init__(self, name: str, model: torch.nn.Module, device: torch.device, mode: str | None = None) -> None:
+    `freezing` treats the weights as constants, as inductor's CPU inference guide recommends:
+    batch norm folds into the convolutions and, on a CPU, oneDNN gets its weights pre-packed once
+    instead of re-ordered at every call."""
+
+    def __init__(self, name: str, model: torch.nn.Module, device: torch.device, mode: str | None = None,
+                 freezing: bool = False) -> None:
         super().__init__(name, "fp32", device, "torch")
+        if freezing and mode is not None:
+            raise ValueError(f"{name}: freezing is built only with inductor's default mode, not mode={mode!r}")
         self.reuses_output = mode == "reduce-overhead"
+        self.freezing = freezing
         start = time.perf_counter()
-        self.model = torch.compile(model.to(device).eval(), mode=mode)
+        # The options dict only makes this backend differ from an unfrozen one, so dynamo does not
+        # reuse another instance's graph: freezing itself is read by dynamo while tracing, before
+        # the options apply, hence the config patch around every call in run().
+        self.model = torch.compile(model.to(device).eval(), mode=mode, options={"freezing": True} if freezing else None)
         self.load_s = time.perf_counter() - start
         start = time.perf_counter()
         self.run(self.prepare(torch.randn(1, 3, 32, 32)))
@@ -168,7 +181,8 @@ class CompiledVariant(Variant):
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+        with torch._inductor.config.patch(freezing=self.freezing):
+            out = self.model(x)
         # cudagraphs (reduce-overhead) reuse their output buffer: hand out a copy there, only there
         return out.clone() if self.reuses_output else out
 
@@ -378,7 +392,9 @@ def cxx_compiler() -> str | None:
 CUDA_ONLY = {"compiled_max_autotune": "max-autotune tunes GPU kernels", "compiled_cudagraphs": "CUDA graphs",
              "onnx_fp16": "fp16 math in ONNX Runtime is for its CUDA provider",
              "tensorrt": "TensorRT runs on NVIDIA GPUs"}
-COMPILE_MODES = {"compiled": None, "compiled_max_autotune": "max-autotune", "compiled_cudagraphs": "reduce-overhead"}
+# name: (torch.compile mode, freezing)
+COMPILED = {"compiled": (None, False), "compiled_frozen": (None, True), "compiled_max_autotune": ("max-autotune", False),
+            "compiled_cudagraphs": ("reduce-overhead", False)}
 
 
 def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
@@ -435,8 +451,8 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     attempt("torchscript", lambda path: TorchScriptVariant(path, device),
             lambda: save_torchscript(model, out_dir / TORCHSCRIPT_FILE))
     no_compiler = "needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH" if cxx_compiler() is None else None
-    for name, mode in COMPILE_MODES.items():  # inductor's CPU kernels are C++; its CUDA ones are Triton
-        attempt(name, lambda n=name, m=mode: CompiledVariant(n, copy.deepcopy(model), device, m),
+    for name, (mode, freezing) in COMPILED.items():  # inductor's CPU kernels are C++; its CUDA ones are Triton
+        attempt(name, lambda n=name, m=mode, f=freezing: CompiledVariant(n, copy.deepcopy(model), device, m, f),
                 missing=f"torch.compile on a CPU {no_compiler}" if no_compiler and device.type == "cpu" else None,
                 list_always=True)
     attempt("aoti", lambda path: _aoti_variant(model, path, device),  # its wrapper is C++ on any device

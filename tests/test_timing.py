@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from cifar_tune.analysis.load import load_experiment
@@ -123,6 +124,31 @@ def test_timing_takes_every_cpu_of_the_largest_node_or_a_whole_gpu(tiny_raw) -> 
         timing_resources(on_gpu, [_node("a", 8)])
     with pytest.raises(ConfigError, match="timing.cpus"):
         timing_resources(validate_config({**tiny_raw, "timing": {"cpus": 32}}), nodes)
+
+
+def test_timing_more_than_this_machine_has_is_refused_before_data_or_ray(tiny_raw, monkeypatch) -> None:
+    import cifar_tune.orchestrator.experiment as experiment_mod
+    import cifar_tune.orchestrator.timing as timing_mod
+
+    def no_data(*_: Any) -> None:
+        raise AssertionError("data loaded before the timing resources were checked")
+
+    monkeypatch.setattr(experiment_mod, "load_data", no_data)
+    monkeypatch.setattr(timing_mod, "load_data", no_data)
+    too_many_cpus = validate_config({**tiny_raw, "timing": {"enabled": True, "cpus": 4096}})
+    with pytest.raises(ConfigError, match=r"timing.cpus: 4096 CPUs .* this machine has"):
+        run_experiment(too_many_cpus, quiet=True)
+    with pytest.raises(ConfigError, match=r"timing.cpus: 4096"):  # `cifar-tune time` asks even when not enabled
+        time_experiment(validate_config({**tiny_raw, "timing": {"cpus": 4096}}), quiet=True)
+    if not torch.cuda.is_available():  # a GPU machine has the one GPU asked for here
+        with pytest.raises(ConfigError, match=r"timing.gpus: 1 GPU .* this machine has 0"):
+            run_experiment(validate_config({**tiny_raw, "timing": {"enabled": True, "gpus": 1}}), quiet=True)
+    # On a cluster the nodes are known only once connected: not refused here.
+    on_cluster = validate_config({**tiny_raw, "ray": {"address": "ray://127.0.0.1:1"},
+                                  "timing": {"enabled": True, "cpus": 4096}})
+    from cifar_tune.orchestrator.preflight import check_timing_fits
+
+    check_timing_fits(on_cluster)
 
 
 def test_every_precision_goes_first_equally_often() -> None:

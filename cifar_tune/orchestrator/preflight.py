@@ -5,6 +5,7 @@ and can the trials get that device at all? Also the dry-run plan.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -44,6 +45,8 @@ def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
             f"resources.gpus_per_trial: {config.resources.gpus_per_trial} but this machine has no usable GPU "
             "and ray.address is null (embedded local Ray); set resources.gpus_per_trial: 0 or join a GPU "
             "cluster with --address")
+    if config.timing.enabled:
+        check_timing_fits(config)
     where = "search.precision" if plan.searches("precision") else "train.precision"
     if config.export.enabled:
         missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
@@ -57,6 +60,21 @@ def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
                 f"{where}: {precision!r} on {device}: {problem}. Drop it, run on a device that supports it, "
                 "or set train.allow_slow_precision: true to run it anyway")
     return device
+
+
+def check_timing_fits(config: ExperimentConfig) -> None:
+    """Raise ConfigError, before any data is loaded, for a `timing.cpus` or `timing.gpus` this
+    machine cannot give one task, when Ray will be embedded here (on a cluster the nodes are known
+    only once connected, and orchestrator/timing.py checks them there)."""
+    if effective_address(config.ray.address) is not None:
+        return
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if config.timing.gpus is not None and config.timing.gpus > gpus:
+        raise ConfigError(f"timing.gpus: {config.timing.gpus:g} GPU per timing task, but this machine has {gpus} "
+                          "and ray.address is null (embedded local Ray)")
+    if config.timing.cpus is not None and config.timing.cpus > cpus:
+        raise ConfigError(f"timing.cpus: {config.timing.cpus:g} CPUs per timing task, but this machine has {cpus} "
+                          "and ray.address is null (embedded local Ray)")
 
 
 def describe_plan(config: ExperimentConfig, plan: SearchPlan, notes: list[str] = ()) -> str:

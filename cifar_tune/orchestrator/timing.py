@@ -29,7 +29,7 @@ from cifar_tune.config import ConfigError, ExperimentConfig, ModelConfig, TrainC
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cluster import ray_session
-from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
+from cifar_tune.orchestrator.preflight import check_timing_fits, preflight, resolve_precisions
 from cifar_tune.plan import SearchPlan
 from cifar_tune.storage import Location
 from cifar_tune.trainables.train import Trainer, pick_device
@@ -142,6 +142,7 @@ def time_experiment(config: ExperimentConfig, location: Location | None = None, 
     for line in [] if quiet else notes:
         print(line)
     preflight(config, SearchPlan.of(config))
+    check_timing_fits(config)  # preflight checks it only where timing.enabled asks for timing after a run
     data = load_data(config.data)
     with ray_session(config.ray.address):
         return time_in_session(config, data, location, quiet)
