@@ -45,6 +45,7 @@ def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_t
             "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0]},
             "resources": {"cpus_per_trial": 1}, "export": {"enabled": False},
             "wandb": {"mode": "offline", "tags": ["ci"]},
+            "timing": {"enabled": True, "rounds": 2, "steps": 2, "warmup_steps": 1},
         }
         path = run_experiment(validate_config(raw), quiet=True).path
         analyze_experiment(path, wandb_mode="offline")
@@ -71,11 +72,14 @@ def test_analysis_run_holds_tables_and_headline_numbers(logged: Path) -> None:
     runs = [(_inspect(d), d) for d in sorted((logged / "wandb").glob("offline-run-*"))]
     ((summary, run), run_dir), = [(x, d) for x, d in runs if x[1].get("job_type") == "analysis"]
     assert run["run_group"] == "tracked"
-    expected = {f"{SECOND_PRECISION}/test_acc_diff_pp", f"{SECOND_PRECISION}/train_speedup", "fp32/test_acc_mean"}
+    expected = {f"{SECOND_PRECISION}/test_acc_diff_pp", f"{SECOND_PRECISION}/train_speedup", "fp32/test_acc_mean",
+                "fp32/isolated_images_per_s"}
     assert expected <= set(summary["summary"])
+    assert summary["summary"]["fp32/isolated_images_per_s"] > 0
+    assert summary["summary"]["training_times"].startswith("per-trial training times")  # with the packing said
     assert f"{SECOND_PRECISION} vs fp32" in summary["summary"]["conclusions"]
     files = [p.name for p in (run_dir / "files" / "media" / "table").rglob("*.table.json")]
-    for table in ("trials", "aggregate", "comparison", "original_study_table"):
+    for table in ("trials", "aggregate", "comparison", "per_image", "training_speed", "original_study_table"):
         assert any(name.startswith(f"{table}_") for name in files), (table, files)
 
 

@@ -1,8 +1,9 @@
 """The analysis run on Weights & Biases: one run per analysis (`job_type` "analysis", in the
 experiment's group) holding the tables, charts and headline numbers of the local report.
 
-Tables: per-trial results, the per-precision aggregate, the comparison with fp32, the original
-study's table, inference speedups. Charts: test accuracy and training time per precision (one
+Tables: per-trial results, the per-precision aggregate, the comparison with fp32, the per-image
+(McNemar) comparison, isolated training speed (timing.csv), the original study's table, inference
+speedups. Charts: test accuracy and training time per precision (one
 point per seed), val_acc per epoch per precision (mean), inference latency per variant and batch
 size; the report's PNGs (with their error bars and bands) as images. Summary: headline numbers.
 
@@ -46,6 +47,8 @@ def headline(analysis: Analysis) -> dict[str, float]:
         out[f"{key}/test_acc_diff_p_paired"] = float(row["p_paired"])
         out[f"{key}/test_acc_diff_p_tost"] = float(row["p_tost"])
         out[f"{key}/train_speedup"] = float(row["train_speedup"])
+    for _, row in analysis.timing.iterrows():  # isolated timing: each precision with the device to itself
+        out[f"{row['precision']}/isolated_images_per_s"] = float(row["median_images_per_s"])
     return out
 
 
@@ -68,6 +71,7 @@ def publish(analysis: Analysis, settings: WandbConfig, mode: str, images: dict[s
     try:
         logged: dict[str, Any] = {}
         tables = {"trials": exp.trials, "aggregate": analysis.aggregate, "comparison": analysis.comparison,
+                  "per_image": analysis.per_image, "training_speed": analysis.timing,
                   "original_study_table": analysis.original.rename_axis("row"), "inference_speedups": analysis.inference}
         for name, frame in tables.items():
             if not frame.empty:
@@ -97,6 +101,7 @@ def publish(analysis: Analysis, settings: WandbConfig, mode: str, images: dict[s
         run.log(logged)
         run.summary.update(headline(analysis))
         run.summary["conclusions"] = "\n".join(analysis.conclusions)
+        run.summary["training_times"] = analysis.training_times  # how per-trial times were measured
         return Path(run.dir).parent
     finally:
         run.finish()
