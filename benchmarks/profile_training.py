@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import Ours  # noqa: E402
+
 from cifar_tune.data import CifarData, load_cifar10  # noqa: E402
 
 from common import machine_line  # noqa: E402
-from train_throughput import Ours  # noqa: E402
 
 
 def profile_steps(trainer, steps: int, batch_size: int) -> tuple[dict[str, float], float]:
