@@ -160,8 +160,9 @@ class CompiledVariant(Variant):
     and be timed nowhere.)
 
     `freezing` treats the weights as constants, as inductor's CPU inference guide recommends:
-    batch norm folds into the convolutions and, on a CPU, oneDNN gets its weights pre-packed once
-    instead of re-ordered at every call."""
+    batch norm folds into the convolutions and, on a CPU, every convolution runs in oneDNN on
+    weights packed once (unfrozen, each goes through aten::convolution, which sends a small batch-1
+    conv to PyTorch's im2col path: benchmarks/RESULTS.md, "Why the compiled forms lose")."""
 
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device, mode: str | None = None,
                  freezing: bool = False) -> None:
