@@ -14,15 +14,12 @@ import argparse
 import collections
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import Ours  # noqa: E402
-
-from cifar_tune.data import CifarData, load_cifar10  # noqa: E402
+from train_throughput import Ours, training_data  # noqa: E402
 
 from common import machine_line  # noqa: E402
 
@@ -48,11 +45,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        files = load_cifar10(args.data)
-    data = CifarData(files.train_x, files.train_y, files.train_x[:0], files.train_y[:0], files.test_x, files.test_y,
-                     files.classes, files.checksums_ok)
+    data = training_data(args.data)
     print(machine_line())
     for precision in args.precisions.split(","):
         for compiled in (False, True):

@@ -89,6 +89,15 @@ class Ours:
         return self.trainer.train_epoch()["train_images_per_s"]
 
 
+def training_data(folder: str) -> CifarData:
+    """The whole training split to train on (no validation split: nothing is evaluated here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files = load_cifar10(folder)
+    return CifarData(files.train_x, files.train_y, files.train_x[:0], files.train_y[:0], files.test_x, files.test_y,
+                     files.classes, files.checksums_ok)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
@@ -102,11 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        files = load_cifar10(args.data)
-    data = CifarData(files.train_x, files.train_y, files.train_x[:0], files.train_y[:0], files.test_x, files.test_y,
-                     files.classes, files.checksums_ok)
+    data = training_data(args.data)
     root = batches_dir(args.data).parent
     variants = [Reference(root, args.batch_size, args.workers),
                 Ours(data, "fp32", False, args.batch_size, args.steps),
