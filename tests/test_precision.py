@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -53,6 +55,17 @@ def test_cpu_verdicts(monkeypatch) -> None:
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert "emulated" in device_problem("amp_bf16", "cpu")
+
+
+def test_cpu_verdicts_off_x86_say_what_is_not_known(monkeypatch) -> None:
+    # On Arm, torch's x86 capability queries answer False; the verdict must not claim x86 facts.
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    _simulate_cpu(monkeypatch, bf16=False)
+    kept, left_out = well_run_precisions("cpu")
+    assert kept == ["fp32"]
+    for name in ("amp_bf16", "amp_fp16"):
+        assert "not been measured on this aarch64 CPU" in left_out[name] and "AMX" not in left_out[name]
+    assert "CUDA" in left_out["tf32"]
 
 
 def test_preflight_rejects_fp16_on_cpu_unless_opted_in(tiny_raw, monkeypatch) -> None:

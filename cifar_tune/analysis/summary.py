@@ -19,8 +19,9 @@ from cifar_tune.analysis.stats import aggregate, complete_trials, inference_spee
 from cifar_tune.analysis.timing import packing, packing_label, packing_note, with_speed_source
 
 WHERE_PRECISIONS_RUN = (
-    "A comparison needs a second precision the hardware runs well: on a CPU, amp_bf16 with AVX512-BF16 or AMX "
-    "(e.g. Intel Sapphire Rapids, AMD Zen 4 or newer); on a CUDA GPU, amp_fp16 on any, tf32 and amp_bf16 from "
+    "A comparison needs a second precision the hardware runs well: on an x86 CPU, amp_bf16 with AVX512-BF16 or AMX "
+    "(e.g. Intel Sapphire Rapids, AMD Zen 4 or newer; on other CPUs cifar-tune has not measured it); "
+    "on a CUDA GPU, amp_fp16 on any, tf32 and amp_bf16 from "
     "compute capability 8.0 (Ampere) on. `search.precision: auto` picks them where they run.")
 
 
