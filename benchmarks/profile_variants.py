@@ -173,6 +173,12 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true", help="untrained model, batch 1 and 8, few calls")
     parser.add_argument("--json", help="also write every measurement here")
     args = parser.parse_args()
+    wanted = args.forms.split(",")
+    unknown = [f for f in wanted if f not in FORMS]
+    if unknown:
+        parser.error(f"--forms: unknown {', '.join(unknown)}; known: {', '.join(FORMS)}")
+    if "aoti_again" in wanted and "aoti" not in wanted:
+        parser.error("--forms: aoti_again loads aoti's package a second time; list aoti too")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     if args.smoke_test:
@@ -189,7 +195,7 @@ def main() -> None:
     calls = {b: (3 if args.smoke_test else max(5, 400 // b)) for b in batch_sizes}
 
     with tempfile.TemporaryDirectory() as folder:
-        built = build(model, Path(folder), args.threads, args.forms.split(","))
+        built = build(model, Path(folder), args.threads, wanted)
         forms: dict[str, Variant] = built["forms"]
         inputs = {(n, b): f.prepare(torch.randn(b, 3, 32, 32)) for n, f in forms.items() for b in batch_sizes}
         for (n, _b), x in inputs.items():  # first calls (recompiles for a new batch size) out of the way
