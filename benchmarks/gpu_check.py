@@ -11,6 +11,16 @@ pydantic, pyyaml). The full CIFAR-10 (180 MB) may not travel; carry a subset ins
     python benchmarks/gpu_check.py --data ../shared/data --make-subset cifar-subset.npz   # <= 50 MB
     python benchmarks/gpu_check.py --subset cifar-subset.npz --out gpu-check
 
+A box without pydantic takes it as wheels (3 MB), fetched where pip reaches PyPI for the box's
+Python (3.12 here) and installed there without a network:
+
+    pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d wheels pydantic
+    pip install --no-index --no-deps --target /tmp/site wheels/*.whl    # on the box
+    PYTHONPATH=/tmp/site python benchmarks/gpu_check.py --subset cifar-subset.npz --out gpu-check
+
+Rehearsed that way on a CPU (Python 3.12.1, torch 2.11.0, onnxruntime 1.30.0, no Ray or pydantic
+installed, `--device cpu --quick`): the whole report, every CPU variant built and in parity.
+
 Without --data or --subset it trains on learnable synthetic images (one colour per class), and the
 report says so. What it does, in order:
 
