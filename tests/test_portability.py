@@ -3,6 +3,7 @@ is), and a box with torch and onnxruntime but no Ray, W&B, scipy or matplotlib."
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,8 @@ from conftest import FAST_VARIANTS
 
 
 def _without_native_bf16(monkeypatch) -> None:
-    """An AVX2-only CPU, as torch's capability queries would describe it."""
+    """An AVX2-only x86 CPU, as torch's capability queries would describe it."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     for query in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
         monkeypatch.setattr(torch.cpu, query, lambda: False)
 

@@ -45,6 +45,7 @@ def test_autocast_and_scaler_on_cpu() -> None:
 
 
 def test_cpu_verdicts(monkeypatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")  # the x86 verdicts, whatever this CPU is
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert "20x slower" in device_problem("amp_fp16", "cpu")
@@ -59,8 +60,8 @@ def test_cpu_verdicts(monkeypatch) -> None:
 
 def test_cpu_verdicts_off_x86_say_what_is_not_known(monkeypatch) -> None:
     # On Arm, torch's x86 capability queries answer False; the verdict must not claim x86 facts.
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     _simulate_cpu(monkeypatch, bf16=False)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     kept, left_out = well_run_precisions("cpu")
     assert kept == ["fp32"]
     for name in ("amp_bf16", "amp_fp16"):
@@ -69,6 +70,7 @@ def test_cpu_verdicts_off_x86_say_what_is_not_known(monkeypatch) -> None:
 
 
 def test_preflight_rejects_fp16_on_cpu_unless_opted_in(tiny_raw, monkeypatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
     raw = {**tiny_raw, "search": {"precision": ["fp32", "amp_fp16"]}}
     with pytest.raises(ConfigError, match=r"search\.precision: 'amp_fp16' on cpu: .*allow_slow_precision"):
@@ -98,7 +100,8 @@ def test_plan_lists_trials_and_resources(tiny_raw) -> None:
 
 
 def _simulate_cpu(monkeypatch, bf16: bool, amx_fp16: bool = False) -> None:
-    """A CPU with or without native bf16, whatever this machine is (torch's capability queries)."""
+    """An x86 CPU with or without native bf16, whatever this machine is (torch's capability queries)."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16)
