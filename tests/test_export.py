@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 from cifar_tune import export as export_mod
+from cifar_tune.analysis import analyze, load_experiment
 from cifar_tune.analysis.stats import fastest_variants, inference_speedups
 from cifar_tune.bench import (
     BENCH_FILE,
@@ -239,6 +240,9 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     for _, row in outcome.table.iterrows():
         has_export = (Path(row["path"]) / "export" / "bench.json").is_file()
         assert has_export == (row["seed"] != 1)
+    missing = analyze(load_experiment(outcome.path)).missing  # the report says which export failed, and why
+    assert any(m.startswith("1 trial(s) without export results") and "seed 1: failed" in m and "injected" in m
+               for m in missing), missing
 
     # The standalone command on one of these trials; and a clear error on a path that is not one.
     trial = outcome.table.loc[outcome.table["seed"] == 0, "path"].item()

@@ -9,11 +9,13 @@ data need not be where it was), on local disk or in cloud storage.
     exp.bench     one row per trial x variant x batch size (bench.csv; empty without exports)
     exp.predictions  per finished trial: predicted and true class of every test image
     exp.timing    per precision: isolated training speed (timing.csv; empty until `cifar-tune time`)
+    exp.exports   per trial: whether its export finished (exports.json: ok / failed / timeout, the reason)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class Experiment:
     bench: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)  # trial id -> (predicted, true) per test image
     timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # timing.csv
+    exports: dict[str, dict] = field(default_factory=dict)  # exports.json: trial id -> status, reason
 
     @property
     def group_columns(self) -> list[str]:
@@ -98,5 +101,6 @@ def load_experiment(path: str | Path) -> Experiment:
         history_rows += [{"trial_id": trial_id, **keys, **row} for row in record.history]
         if record.predictions is not None:
             predictions[trial_id] = record.predictions
+    exports = json.loads(location.read_text(names.EXPORTS_JSON)) if location.is_file(names.EXPORTS_JSON) else {}
     return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench,
-                      predictions, location.read_csv(names.TIMING_CSV))
+                      predictions, location.read_csv(names.TIMING_CSV), exports)

@@ -82,8 +82,13 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
     if not done.empty and done["images_per_j"].isna().all():
         reasons = sorted({str(r).removeprefix("none: ") for r in done["energy_source"] if str(r).startswith("none")})
         missing.append("no energy readings for training: " + ("; ".join(reasons) or "not recorded by this version"))
+    unfinished = [e for e in experiment.exports.values() if e.get("status") != "ok"]
+    exports_note = "; ".join(f"{e.get('precision')} seed {e.get('seed')}: {e.get('status')} ({e.get('reason')})"
+                             for e in unfinished)
     if experiment.bench.empty:
-        missing.append("no export results (bench.csv): export.enabled was off, or no export finished")
+        missing.append("no export results (bench.csv): " + (exports_note or "export.enabled was off"))
+    elif unfinished:
+        missing.append(f"{len(unfinished)} trial(s) without export results: {exports_note}")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
                     inference_speedups(experiment.bench), conclusions, missing, margin, images, experiment.timing,
                     packing_label(packed))
