@@ -93,16 +93,21 @@ def device_problem(precision: str, device: str) -> str | None:
     return None
 
 
+def is_x86_cpu() -> bool:
+    """Whether this process runs on an x86 CPU: where torch's capability queries (AVX512-BF16, AMX)
+    mean something, and where this project's CPU speeds were measured."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
 def _off_x86(precision: str) -> str | None:
     """The verdict for `precision` on a CPU that is not x86, or None on x86.
 
     torch's capability queries (AVX512-BF16, AMX) are x86 facts that answer False elsewhere, and
     the speeds behind the x86 verdicts were measured on x86 only; an Arm CPU with its own bf16 or
     fp16 instructions may run autocast well, or not: cifar-tune does not know, so it says so."""
-    machine = platform.machine()
-    if machine.lower() in ("x86_64", "amd64", "i386", "i686"):
+    if is_x86_cpu():
         return None
-    return (f"{precision} has not been measured on this {machine} CPU (cifar-tune has measured CPU autocast on "
+    return (f"{precision} has not been measured on this {platform.machine()} CPU (cifar-tune has measured CPU autocast on "
             "x86 only: bf16 about 2x faster than fp32 with native support, 20x slower without); time it with "
             "benchmarks/train_throughput.py")
 

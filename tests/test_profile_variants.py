@@ -4,13 +4,14 @@ frozen: a separate graph with oneDNN's pre-packed convolutions, not the unfrozen
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from cifar_tune.precision import is_x86_cpu
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_variants.py"
 
@@ -29,7 +30,7 @@ def test_smoke_profile_groups_ops_and_freezing_prepacks_the_convolutions(tmp_pat
     assert any(op.startswith("ort::Conv") for op in profile["onnx_fp32@8"])  # ONNX Runtime's own profiler
     assert "| compiled_frozen |" in run.stdout and "conv | matmul" in run.stdout
     # Measured on x86 only: on Arm, oneDNN runs through ACL and inductor may not pre-pack at all.
-    if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64"):
+    if torch.backends.mkldnn.is_available() and is_x86_cpu():
         # Frozen: convolutions run on weights packed once at compile time; unfrozen: aten's per-call dispatch.
         assert "mkldnn::_convolution_pointwise" in profile["compiled_frozen@8"]
         assert "aten::mkldnn_convolution" not in profile["compiled_frozen@8"]
