@@ -101,6 +101,12 @@ def cluster() -> Iterator[str]:
 class TwoNodes(NamedTuple):
     address: str  # host:port of the head
     client: str  # ray://host:port of its Ray Client server
+    head_dir: str  # the head's temp dir: its logs, for a failure's message
+
+    def client_server_logs(self) -> str:
+        """The end of each Ray Client server's stderr on the head (the proxy's and per-client ones)."""
+        logs = sorted(Path(self.head_dir).glob("session_latest/logs/ray_client_server*.err"))
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}" for log in logs)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +116,7 @@ def two_nodes() -> Iterator[TwoNodes]:
     nodes = [start_node(port, head=True, cpus=1, client_port=client)]
     try:
         nodes.append(start_node(port, head=False, cpus=1))
-        yield TwoNodes(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}")
+        yield TwoNodes(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}", nodes[0])
     finally:
         for temp_dir in reversed(nodes):
             stop_node(temp_dir)
@@ -158,7 +164,7 @@ def test_trials_spread_over_two_nodes_and_say_where_they_ran(two_nodes: TwoNodes
     # One machine, so its folder is shared by both nodes; on a real cluster: cloud or shared storage.
     result = subprocess.run([CIFAR_TUNE, "run", str(path), "--address", address], capture_output=True, text=True,
                             timeout=600, env=clean_env(CIFAR_TUNE_SHARED_STORAGE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:] + two_nodes.client_server_logs()
     table = pd.read_csv(Path(raw["storage_path"]) / "tiny" / "results.csv")
     assert (table["status"] == "TERMINATED").all()
     assert table["node_id"].nunique() == 2  # both nodes trained
@@ -172,3 +178,42 @@ def test_local_storage_is_refused_on_two_nodes(two_nodes: TwoNodes, tiny_raw, tm
                             timeout=300, env=clean_env())
     assert result.returncode == 2 and "2-node cluster" in result.stderr
     assert not (Path(tiny_raw["storage_path"]) / "tiny").exists()  # the claim was released: nothing left
+
+
+# What Ray Client's proxy answers when the server it started for this client died at once.
+SERVER_DID_NOT_START = ("Initialization failure from server:\nRuntimeError: Starting Ray client server failed. "
+                        "See ray_client_server_23000.err for detailed logs.")
+
+
+@pytest.mark.parametrize(("address", "error", "calls", "connects"), [
+    ("ray://127.0.0.1:10001", [SERVER_DID_NOT_START] * 2, 3, True),  # a failed start is tried again
+    ("ray://127.0.0.1:10001", [SERVER_DID_NOT_START] * 3, 3, False),  # but not forever
+    ("ray://127.0.0.1:10001", ["Failed to connect within 30 seconds"], 1, False),  # nobody there: no retry
+    ("127.0.0.1:6379", [SERVER_DID_NOT_START], 1, False),  # not Ray Client
+])
+def test_ray_client_connect_retries_only_a_failed_server_start(address: str, error: list[str], calls: int,
+                                                                connects: bool, monkeypatch) -> None:
+    import ray
+
+    from cifar_tune.config import ConfigError
+    from cifar_tune.orchestrator import cluster
+
+    attempts: list[str] = []
+
+    def init(address: str, **kwargs: Any) -> None:
+        attempts.append(address)
+        if len(attempts) <= len(error):
+            raise ConnectionAbortedError(error[len(attempts) - 1])
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(cluster, "use_token_auth_if_available", lambda: None)
+    monkeypatch.setattr(cluster.time, "sleep", lambda seconds: None)
+    if connects:
+        with cluster.ray_session(address):
+            pass
+    else:
+        with pytest.raises(ConfigError, match=f"ray.address '{address}': cannot connect"), cluster.ray_session(address):
+            pass
+    assert attempts == [address] * calls

@@ -10,6 +10,11 @@ for a new local cluster and for "auto"; for an explicit address it does not, so 
 switches token mode on, at connect time, when a token is at hand (RAY_AUTH_TOKEN,
 RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset. The token goes only to the
 cluster the user named for this run. Nothing happens at import.
+
+Ray Client (ray://) starts a server process per client on the head. That start can fail on a busy
+head (Ray's proxy forks while its gRPC threads are active; the child dies at once and the client is
+told "Starting Ray client server failed"); a new connection gets a new process, so such failures
+are retried a few times before the run gives up.
 """
 
 from __future__ import annotations
@@ -17,11 +22,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import ray
 
 from cifar_tune.config import ConfigError, ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+# What Ray Client's proxy answers when the per-client server it started died or never answered:
+# a failure of that one start, not of the cluster.
+CLIENT_START_FAILURES = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
+CLIENT_CONNECT_ATTEMPTS = 3
 
 
 def effective_address(address: str | None) -> str | None:
@@ -41,7 +54,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
         else:
-            ray.init(address=address, logging_level=logging.WARNING)
+            _connect(address)
     except ConnectionError as exc:
         raise ConfigError(
             f"ray.address {address!r}: cannot connect to a Ray cluster there ({exc}). Is it running "
@@ -51,6 +64,22 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _connect(address: str) -> None:
+    """`ray.init(address)`, trying a Ray Client connection again when only its server's start failed
+    (a failed connect has already disconnected, so the next try starts clean)."""
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+            return
+        except ConnectionError as exc:
+            retry = address.startswith("ray://") and any(text in str(exc) for text in CLIENT_START_FAILURES)
+            if not retry or attempt == CLIENT_CONNECT_ATTEMPTS:
+                raise
+            log.warning("ray.address %r: Ray Client's server for this connection did not start (attempt %d of %d); "
+                        "trying again", address, attempt, CLIENT_CONNECT_ATTEMPTS)
+            time.sleep(2.0 * attempt)
 
 
 def use_token_auth_if_available() -> None:
