@@ -67,3 +67,25 @@ def test_extend_refuses_while_the_last_extension_is_unfinished(two_arms: Path, c
     assert main(["extend", str(two_arms), "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert f"cifar-tune resume {two_arms / 'extend-1'}" in err and "has not finished" in err
+
+
+def test_extensions_exports_join_the_deployment_tables(tiny_raw, tmp_path: Path, ray_for_tests) -> None:
+    """Each extension writes its own bench.csv and exports.json (extend-<k>/); the analysis of the
+    experiment reads them with the original's, so no extension trial shows as "not exported"."""
+    export = {"enabled": True, "batch_sizes": [1], "warmup_runs": 1, "min_runs": 2, "min_duration_s": 0.0,
+              "end_to_end": False, "variants": ["eager_fp32"]}
+    raw = {**tiny_raw, "train": {**tiny_raw["train"], "epochs": 1, "precision": "fp32"}, "export": export,
+           "search": {"seed": [0]}}
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config)]) == 0
+    experiment = Path(tiny_raw["storage_path"]) / "tiny"
+    assert main(["extend", str(experiment), "--seeds", "1"]) == 0
+    assert (experiment / "extend-1" / "bench.csv").is_file()
+
+    exp = load_experiment(experiment)
+    trial_ids = set(exp.trials["trial_id"])
+    assert len(trial_ids) == 2 and set(exp.bench["trial_id"]) == trial_ids
+    assert set(exp.exports) == trial_ids and all(e["status"] == "ok" for e in exp.exports.values())
+    analysis, _ = analyze_experiment(experiment, wandb_mode="disabled")
+    assert not [m for m in analysis.missing if "export" in m], analysis.missing

@@ -240,3 +240,13 @@ def test_a_timing_failure_after_the_trials_keeps_their_results(tiny_raw, tmp_pat
     assert "timing failed" in out and "timing.gpus" in out and f"cifar-tune time {tmp_path}" in out
     experiment._time_if_asked(config, None, Location.of(tmp_path), pd.DataFrame({"status": ["ERROR"]}), quiet=False)
     assert "not every trial finished" in capsys.readouterr().out
+
+
+def test_timing_cpus_are_checked_against_what_ray_will_see(tiny_raw, monkeypatch) -> None:
+    """In a container with a CPU quota, os.cpu_count() counts the host's cores; the embedded Ray
+    (and so the check) counts the quota."""
+    import ray._private.utils
+
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda **kwargs: 1)  # a 1-CPU quota
+    with pytest.raises(ConfigError, match=r"timing.cpus: 2 CPUs per timing task, but this machine has 1"):
+        run_experiment(validate_config({**tiny_raw, "timing": {"enabled": True, "cpus": 2}}), quiet=True)

@@ -6,10 +6,12 @@ data need not be where it was), on local disk or in cloud storage.
                   status; errored and unfinished trials are kept and marked, never dropped;
                   the trials of extensions (extend-<k>/, `cifar-tune extend`) too
     exp.history   one row per trial x epoch
-    exp.bench     one row per trial x variant x batch size (bench.csv; empty without exports)
+    exp.bench     one row per trial x variant x batch size (bench.csv; empty without exports),
+                  extensions' rows too
     exp.predictions  per finished trial: predicted and true class of every test image
     exp.timing    per precision: isolated training speed (timing.csv; empty until `cifar-tune time`)
-    exp.exports   per trial: whether its export finished (exports.json: ok / failed / timeout, the reason)
+    exp.exports   per trial: whether its export finished (exports.json: ok / failed / timeout, the
+                  reason), extensions' trials too
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cifar_tune import names
-from cifar_tune.analysis.trials import TrialRecord, read_all_trial_records, trial_table
+from cifar_tune.analysis.trials import TrialRecord, extension_number, read_all_trial_records, trial_table
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.plan import SearchPlan, search_value
@@ -64,6 +66,24 @@ def read_records(experiment: Location) -> list[TrialRecord]:
         return read_all_trial_records(folder, shown_at)
 
 
+def experiment_folders(location: Location) -> list[Location]:
+    """The experiment's folder and its extensions' (extend-<k>/ with a saved config), in the order
+    their trials are read: each writes its own bench.csv and exports.json."""
+    extensions = [name for name in location.listdir()
+                  if name.startswith(names.EXTENSION_PREFIX) and (location / name).is_file(names.CONFIG_FILE)]
+    return [location, *(location / name for name in sorted(extensions, key=extension_number))]
+
+
+def _read_exports(folders: list[Location]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """bench.csv rows and exports.json entries of every folder, in order."""
+    tables = [table for folder in folders if not (table := folder.read_csv(names.BENCH_CSV)).empty]
+    exports: dict[str, dict] = {}
+    for folder in folders:
+        if folder.is_file(names.EXPORTS_JSON):
+            exports.update(json.loads(folder.read_text(names.EXPORTS_JSON)))
+    return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), exports
+
+
 @dataclass
 class Experiment:
     path: Location  # where the experiment lives (local folder or cloud URI)
@@ -91,7 +111,7 @@ def load_experiment(path: str | Path) -> Experiment:
     config = load_saved_config(location / names.CONFIG_FILE)
     columns = SearchPlan.of(config).columns
     records = read_records(location)
-    bench = location.read_csv(names.BENCH_CSV)
+    bench, exports = _read_exports(experiment_folders(location))
     history_rows, predictions = [], {}
     for record in records:
         keys = {c: search_value(record.params, c) for c in columns}
@@ -101,6 +121,5 @@ def load_experiment(path: str | Path) -> Experiment:
         history_rows += [{"trial_id": trial_id, **keys, **row} for row in record.history]
         if record.predictions is not None:
             predictions[trial_id] = record.predictions
-    exports = json.loads(location.read_text(names.EXPORTS_JSON)) if location.is_file(names.EXPORTS_JSON) else {}
     return Experiment(location, config, columns, trial_table(records, columns), pd.DataFrame(history_rows), bench,
                       predictions, location.read_csv(names.TIMING_CSV), exports)

@@ -95,6 +95,16 @@ def use_token_auth_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+def local_cpus() -> int:
+    """CPUs an embedded Ray gives this machine: Ray's own count, which honours a container's CPU
+    quota (cgroups), where os.cpu_count() sees every core of the host."""
+    try:
+        from ray._private.utils import get_num_cpus
+    except ImportError:  # a Ray that moved it: the plain count
+        return os.cpu_count() or 1
+    return max(1, int(get_num_cpus(override_docker_cpu_warning=True)))
+
+
 def alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 

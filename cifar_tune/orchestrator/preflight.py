@@ -5,12 +5,11 @@ and can the trials get that device at all? Also the dry-run plan.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
 from cifar_tune.config import AUTO, ConfigError, ExperimentConfig
-from cifar_tune.orchestrator.cluster import effective_address
+from cifar_tune.orchestrator.cluster import effective_address, local_cpus
 from cifar_tune.plan import SearchPlan
 from cifar_tune.precision import device_problem, well_run_precisions
 
@@ -68,7 +67,7 @@ def check_timing_fits(config: ExperimentConfig) -> None:
     only once connected, and orchestrator/timing.py checks them there)."""
     if effective_address(config.ray.address) is not None:
         return
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpus, gpus = local_cpus(), torch.cuda.device_count() if torch.cuda.is_available() else 0
     if config.timing.gpus is not None and config.timing.gpus > gpus:
         raise ConfigError(f"timing.gpus: {config.timing.gpus:g} GPU per timing task, but this machine has {gpus} "
                           "and ray.address is null (embedded local Ray)")
