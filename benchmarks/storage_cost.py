@@ -71,53 +71,54 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true", help="one quick round on generated data")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    scratch = Path(tempfile.mkdtemp(prefix="storage-cost-"))
-    if args.smoke_test:
-        write_cifar(scratch / "cifar", per_batch=100, n_test=100)
-        args.data, args.rounds, args.epochs, args.train_images = str(scratch / "cifar"), 1, 1, 192
-    elif not args.data:
-        parser.error("--data is required (or --smoke-test)")
+    with tempfile.TemporaryDirectory(prefix="storage-cost-") as folder:  # removed at the end, results too
+        scratch = Path(folder)
+        if args.smoke_test:
+            write_cifar(scratch / "cifar", per_batch=100, n_test=100)
+            args.data, args.rounds, args.epochs, args.train_images = str(scratch / "cifar"), 1, 1, 192
+        elif not args.data:
+            parser.error("--data is required (or --smoke-test)")
 
-    precision = "amp_bf16" if device_problem("amp_bf16", "cpu") is None else "fp32"
-    raw = {"data": {"root": args.data, "download": False, "val_size": 100 if args.smoke_test else 1000,
-                    "train_subset": args.train_images, "test_subset": 100 if args.smoke_test else 1000},
-           "train": {"epochs": args.epochs, "precision": precision, "batch_size": 128},
-           "search": {"seed": [0, 1]}, "resources": {"cpus_per_trial": 1},
-           "export": {"enabled": False}, "wandb": {"mode": "disabled"}}
-    trials = 2
-    with s3_server() as endpoint:
-        os.environ.update(s3_env(endpoint))  # before Ray starts, so its workers have them too
-        client(endpoint).create_bucket(Bucket="bench")
-        walls: dict[str, list[float]] = {"local": [], "s3": []}
-        stored: dict[str, dict[str, float]] = {}
-        for r in range(args.rounds):
-            for kind, storage in (("local", str(scratch / "results")), ("s3", "s3://bench/results")):
-                config = validate_config({**raw, "name": f"cost-{r}", "storage_path": storage})
-                start = time.perf_counter()
-                outcome = run_experiment(config, quiet=True)
-                walls[kind].append(time.perf_counter() - start)
-                assert (outcome.table["status"] == "TERMINATED").all(), outcome.table
-                stored[kind] = sizes(outcome.location)
-                print(f"round {r + 1} {kind:>5}: {walls[kind][-1]:.1f} s", flush=True)
+        precision = "amp_bf16" if device_problem("amp_bf16", "cpu") is None else "fp32"
+        raw = {"data": {"root": args.data, "download": False, "val_size": 100 if args.smoke_test else 1000,
+                        "train_subset": args.train_images, "test_subset": 100 if args.smoke_test else 1000},
+               "train": {"epochs": args.epochs, "precision": precision, "batch_size": 128},
+               "search": {"seed": [0, 1]}, "resources": {"cpus_per_trial": 1},
+               "export": {"enabled": False}, "wandb": {"mode": "disabled"}}
+        trials = 2
+        with s3_server() as endpoint:
+            os.environ.update(s3_env(endpoint))  # before Ray starts, so its workers have them too
+            client(endpoint).create_bucket(Bucket="bench")
+            walls: dict[str, list[float]] = {"local": [], "s3": []}
+            stored: dict[str, dict[str, float]] = {}
+            for r in range(args.rounds):
+                for kind, storage in (("local", str(scratch / "results")), ("s3", "s3://bench/results")):
+                    config = validate_config({**raw, "name": f"cost-{r}", "storage_path": storage})
+                    start = time.perf_counter()
+                    outcome = run_experiment(config, quiet=True)
+                    walls[kind].append(time.perf_counter() - start)
+                    assert (outcome.table["status"] == "TERMINATED").all(), outcome.table
+                    stored[kind] = sizes(outcome.location)
+                    print(f"round {r + 1} {kind:>5}: {walls[kind][-1]:.1f} s", flush=True)
 
-    print(f"\n{machine_line()}")
-    print(f"{trials} trials x {args.epochs} epochs, {args.train_images} training images, {precision}, "
-          f"1 CPU each; {args.rounds} interleaved rounds\n")
-    print("| storage | whole run, median (s) | rounds (s) | vs local |")
-    print("|---|---|---|---|")
-    local = statistics.median(walls["local"])
-    for kind in ("local", "s3"):
-        median = statistics.median(walls[kind])
-        print(f"| {kind} | {median:.1f} | {', '.join(f'{w:.1f}' for w in walls[kind])} | {median / local:.2f}x |")
-    s = stored["s3"]
-    folder_mb = s["checkpoints"] / s["checkpoint_folders"] / MB
-    state_mb = s["experiment_state"] / MB
-    print(f"\nper checkpoint folder: {folder_mb:.1f} MB; Tune's experiment state: {state_mb * 1000:.0f} kB")
-    print(f"written per epoch per trial: about {folder_mb + state_mb / trials:.1f} MB "
-          f"(one checkpoint folder, and a share of the experiment-state snapshot)")
-    print(f"stored at the end: {(s['checkpoints'] + s['experiment_state'] + s['other']) / MB:.1f} MB in S3 "
-          f"({int(s['checkpoint_folders'])} checkpoint folders for {trials} trials), "
-          f"{sum(v for k, v in stored['local'].items() if k != 'checkpoint_folders') / MB:.1f} MB on local disk")
+        print(f"\n{machine_line()}")
+        print(f"{trials} trials x {args.epochs} epochs, {args.train_images} training images, {precision}, "
+              f"1 CPU each; {args.rounds} interleaved rounds\n")
+        print("| storage | whole run, median (s) | rounds (s) | vs local |")
+        print("|---|---|---|---|")
+        local = statistics.median(walls["local"])
+        for kind in ("local", "s3"):
+            median = statistics.median(walls[kind])
+            print(f"| {kind} | {median:.1f} | {', '.join(f'{w:.1f}' for w in walls[kind])} | {median / local:.2f}x |")
+        s = stored["s3"]
+        folder_mb = s["checkpoints"] / s["checkpoint_folders"] / MB
+        state_mb = s["experiment_state"] / MB
+        print(f"\nper checkpoint folder: {folder_mb:.1f} MB; Tune's experiment state: {state_mb * 1000:.0f} kB")
+        print(f"written per epoch per trial: about {folder_mb + state_mb / trials:.1f} MB "
+              f"(one checkpoint folder, and a share of the experiment-state snapshot)")
+        print(f"stored at the end: {(s['checkpoints'] + s['experiment_state'] + s['other']) / MB:.1f} MB in S3 "
+              f"({int(s['checkpoint_folders'])} checkpoint folders for {trials} trials), "
+              f"{sum(v for k, v in stored['local'].items() if k != 'checkpoint_folders') / MB:.1f} MB on local disk")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ call (also Ray's start and stop, and reading the data). The bare side is timed f
 Trainer to its last checkpoint.
 
     python benchmarks/tune_overhead.py --data ../shared/data --rounds 2
+    python benchmarks/tune_overhead.py --smoke-test        # seconds, on generated data (CI runs it)
+
+Precision: amp_bf16 where this CPU runs it natively (the default recipe's), else fp32.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cifar_tune.config import validate_config  # noqa: E402
 from cifar_tune.data import load_data  # noqa: E402
 from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
+from cifar_tune.precision import device_problem  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
 
 from common import machine_line  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from cifar_files import write_cifar  # noqa: E402
 
 
 def bare_run(config) -> float:
@@ -54,23 +61,34 @@ def tune_run(config, storage: Path, index: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--data", help="folder holding cifar-10-batches-py/")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--smoke-test", action="store_true", help="one quick round on generated data")
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)  # the trial gets every CPU too (Ray sets its OMP_NUM_THREADS)
     warnings.simplefilter("ignore")
+    scratch = tempfile.TemporaryDirectory(prefix="tune-overhead-")
+    if args.smoke_test:
+        write_cifar(Path(scratch.name) / "cifar", per_batch=100, n_test=100)
+        args.data, args.rounds, args.epochs, args.train_images = str(Path(scratch.name) / "cifar"), 1, 1, 192
+    elif not args.data:
+        parser.error("--data is required (or --smoke-test)")
+    held_out = 100 if args.smoke_test else 1000
+    precision = "amp_bf16" if device_problem("amp_bf16", "cpu") is None else "fp32"
 
     config = validate_config({
-        "data": {"root": args.data, "download": False, "val_size": 1000, "train_subset": args.train_images,
-                 "test_subset": 1000},
-        "train": {"epochs": args.epochs, "precision": "amp_bf16", "batch_size": 128},
+        "data": {"root": args.data, "download": False, "val_size": held_out, "train_subset": args.train_images,
+                 "test_subset": held_out},
+        "train": {"epochs": args.epochs, "precision": precision, "batch_size": 128},
         "resources": {"cpus_per_trial": cpus},
+        # The recorded runs kept the defaults (exports on, in the whole call's time); the smoke test skips them.
+        **({"wandb": {"mode": "disabled"}, "export": {"enabled": False}} if args.smoke_test else {}),
     })
     bare, trial, whole = [], [], []
-    with tempfile.TemporaryDirectory() as storage:
+    with scratch, tempfile.TemporaryDirectory() as storage:
         for r in range(args.rounds):
             bare.append(bare_run(config))
             t, w = tune_run(config, Path(storage), r)
@@ -80,7 +98,7 @@ def main() -> None:
 
     b, t, w = statistics.median(bare), statistics.median(trial), statistics.median(whole)
     print(f"\n{machine_line()}")
-    print(f"{args.epochs} epochs x {args.train_images} images, amp_bf16, {cpus} CPUs, checkpoint every epoch; "
+    print(f"{args.epochs} epochs x {args.train_images} images, {precision}, {cpus} CPUs, checkpoint every epoch; "
           f"{args.rounds} rounds interleaved, medians\n")
     print("| run | wall s | vs bare |")
     print("|---|---|---|")

@@ -181,6 +181,11 @@ class TorchvisionCIFAR10(CIFAR10):
         return all((Path(self.root) / self.base_folder / name).is_file()
                    for name, _ in self.train_list + self.test_list)
 
+    def _load_meta(self) -> None:  # torchvision's checks batches.meta's md5 too
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
 
 # --------------------------------------------------------------------------- on-device batch ops
 

@@ -1,0 +1,61 @@
+"""The benchmark scripts cannot rot: each runs end to end on the tiny generated data (or its own
+`--smoke-test` data) and prints its side-by-side table. Timings are not checked here: the numbers
+live in benchmarks/RESULTS.md. (gpu_check.py and profile_variants.py have tests of their own;
+profile_training.py compiles a training step per precision, 20-60 s each on 2 cores, and is left out.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar_tune.config import validate_config
+from cifar_tune.data import load_data
+from cifar_tune.trainables.train import Trainer
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: float = 300) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_throughput_compares_every_training_variant(cifar_root: Path) -> None:
+    out = _run("train_throughput.py", "--data", str(cifar_root), "--rounds", "1", "--steps", "2",
+               "--batch-size", "16", "--workers", "0", "--threads", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 4, out  # the reference and cifar-tune's fp32, channels_last, amp_bf16
+    assert "target: amp_bf16 + channels_last >= 2.0x the reference" in out
+
+
+def test_inference_compares_variants_on_a_trained_checkpoint(cifar_root: Path, tmp_path: Path) -> None:
+    config = validate_config({"data": {"root": str(cifar_root), "download": False, "val_size": 100,
+                                       "train_subset": 192},
+                              "train": {"epochs": 1, "batch_size": 32, "precision": "fp32"}})
+    trainer = Trainer(config.train, config.model, load_data(config.data))
+    trainer.train_epoch()
+    (tmp_path / "checkpoint_000000").mkdir()
+    trainer.save(tmp_path / "checkpoint_000000")
+    out = _run("inference.py", str(tmp_path / "checkpoint_000000"), "--data", str(cifar_root), "--rounds", "1",
+               "--batch-sizes", "1,4", "--min-duration", "0", "--variants", "eager_fp32,onnx_fp32", "--threads", "1")
+    assert "| eager_fp32 | " in out and "| onnx_fp32 | " in out
+    assert "target at batch 1: best parity-ok variant" in out and "target at batch 4" in out
+
+
+@pytest.mark.slow
+def test_tune_overhead_smoke_test() -> None:
+    """Starts its own embedded Ray in the child process."""
+    out = _run("tune_overhead.py", "--smoke-test")
+    assert "| Tune trial (time_total_s) |" in out and "target: Tune trial at most 5% over bare" in out
+
+
+@pytest.mark.slow
+def test_storage_cost_smoke_test() -> None:
+    """Starts moto's S3 server and an embedded Ray in the child process."""
+    out = _run("storage_cost.py", "--smoke-test", timeout=600)
+    assert "| local | " in out and "| s3 | " in out and "checkpoint folders for 2 trials" in out
