@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cifar_tune import names
-from cifar_tune.analysis.trials import TrialRecord, extension_number, read_all_trial_records, trial_table
+from cifar_tune.analysis.trials import TrialRecord, extension_dirs, read_all_trial_records, trial_table
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.plan import SearchPlan, search_value
@@ -61,26 +61,24 @@ def local_records(experiment: Location) -> Iterator[Path]:
 def read_records(experiment: Location) -> list[TrialRecord]:
     """Every trial record of the experiment and its extensions, wherever it lives; trial paths
     name the experiment's own location (not the temporary copy a bucket is read through)."""
-    shown_at = None if experiment.is_local else f"{experiment.scheme}://{experiment.path}"
     with local_records(experiment) as folder:
-        return read_all_trial_records(folder, shown_at)
+        return read_all_trial_records(folder, _shown_at(experiment))
 
 
-def experiment_folders(location: Location) -> list[Location]:
-    """The experiment's folder and its extensions' (extend-<k>/ with a saved config), in the order
-    their trials are read: each writes its own bench.csv and exports.json."""
-    extensions = [name for name in location.listdir()
-                  if name.startswith(names.EXTENSION_PREFIX) and (location / name).is_file(names.CONFIG_FILE)]
-    return [location, *(location / name for name in sorted(extensions, key=extension_number))]
+def _shown_at(experiment: Location) -> str | None:
+    """How trial paths name a bucket's experiment (None: its local path is its name)."""
+    return None if experiment.is_local else f"{experiment.scheme}://{experiment.path}"
 
 
-def _read_exports(folders: list[Location]) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """bench.csv rows and exports.json entries of every folder, in order."""
-    tables = [table for folder in folders if not (table := folder.read_csv(names.BENCH_CSV)).empty]
-    exports: dict[str, dict] = {}
-    for folder in folders:
-        if folder.is_file(names.EXPORTS_JSON):
-            exports.update(json.loads(folder.read_text(names.EXPORTS_JSON)))
+def _read_exports(folder: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """bench.csv rows and exports.json entries of the experiment and of each extension (each writes
+    its own), from the folder `local_records` gives."""
+    tables, exports = [], {}
+    for where in map(Location.of, [folder, *extension_dirs(folder)]):
+        if not (table := where.read_csv(names.BENCH_CSV)).empty:
+            tables.append(table)
+        if where.is_file(names.EXPORTS_JSON):
+            exports.update(json.loads(where.read_text(names.EXPORTS_JSON)))
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), exports
 
 
@@ -110,8 +108,9 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ExperimentNotFound(f"{location}: not a cifar-tune experiment directory (no {names.CONFIG_FILE})")
     config = load_saved_config(location / names.CONFIG_FILE)
     columns = SearchPlan.of(config).columns
-    records = read_records(location)
-    bench, exports = _read_exports(experiment_folders(location))
+    with local_records(location) as folder:  # one download of a bucket's records serves both
+        records = read_all_trial_records(folder, _shown_at(location))
+        bench, exports = _read_exports(folder)
     history_rows, predictions = [], {}
     for record in records:
         keys = {c: search_value(record.params, c) for c in columns}
