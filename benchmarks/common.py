@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from cifar_tune.bench import cpu_name
+from cifar_tune.machine import cpu_name
 
 
 def machine_line() -> str:

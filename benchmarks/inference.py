@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_tune.bench import latency, locate_checkpoint, logits_of, parity  # noqa: E402
+from cifar_tune.bench import locate_checkpoint, logits_of, parity  # noqa: E402
 from cifar_tune.config import ExportConfig  # noqa: E402
 from cifar_tune.data import load_cifar10, normalize  # noqa: E402
 from cifar_tune.export import build_variants, load_best_model  # noqa: E402
+from cifar_tune.meters import latency  # noqa: E402
 
 from common import machine_line  # noqa: E402
 

@@ -31,7 +31,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar_tune.config import ModelConfig, TrainConfig  # noqa: E402
-from cifar_tune.data import MEAN, STD, CifarData, TorchvisionCIFAR10, batches_dir, load_cifar10  # noqa: E402
+from cifar_tune.data import MEAN, STD, CifarData, batches_dir, load_cifar10, torchvision_cifar10  # noqa: E402
 from cifar_tune.models import AlexNet, forward_flops_per_image  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
 from cifar_tune.trainables.train import Trainer  # noqa: E402
@@ -47,7 +47,7 @@ class Reference:
     def __init__(self, root: Path, batch_size: int, workers: int) -> None:
         augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                       transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-        dataset = TorchvisionCIFAR10(str(root), train=True, download=False, transform=augment)
+        dataset = torchvision_cifar10(root, train=True, transform=augment)
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                  drop_last=True, persistent_workers=workers > 0)
         self.batches = iter(self.loader)

@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cifar_tune.errors import CifarTuneError
-from cifar_tune.names import EPOCH_METRICS, REFERENCE_VARIANT, VARIANTS
+from cifar_tune.names import EPOCH_METRICS, REFERENCE_VARIANT
+from cifar_tune.variants import VARIANTS
 
 if TYPE_CHECKING:
     from cifar_tune.storage import Location

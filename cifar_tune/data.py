@@ -15,21 +15,29 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10
 
 from cifar_tune.config import DataConfig
 from cifar_tune.errors import CifarTuneError
 
-BASE_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
-TRAIN_FILES = [name for name, _ in CIFAR10.train_list]
-TEST_FILES = [name for name, _ in CIFAR10.test_list]
-META_FILE = CIFAR10.meta["filename"]
-# The official md5 of every file, as torchvision knows them.
-OFFICIAL_MD5 = dict(CIFAR10.train_list + CIFAR10.test_list + [[META_FILE, CIFAR10.meta["md5"]]])
+# The official release, as torchvision's CIFAR10 knows it (tests/test_data.py checks they agree). Written
+# out so that reading the files needs no torchvision: a GPU box may lack it (benchmarks/gpu_check.py).
+BASE_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+META_FILE = "batches.meta"
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 # Per-channel statistics of the CIFAR-10 training set, for normalization.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -90,8 +98,8 @@ def ensure_downloaded(root: str | Path, download: bool) -> Path:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(CIFAR10.url, str(Path(root).expanduser()),
-                                     filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        download_and_extract_archive(ARCHIVE_URL, str(Path(root).expanduser()),
+                                     filename=ARCHIVE_URL.rsplit("/", 1)[1], md5=ARCHIVE_MD5)
     except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
         raise DataError(
             f"could not download CIFAR-10 ({type(exc).__name__}: {exc}).\n"
@@ -173,18 +181,22 @@ def load_data(config: DataConfig) -> CifarData:
                      files.classes, files.checksums_ok)
 
 
-class TorchvisionCIFAR10(CIFAR10):
+def torchvision_cifar10(root: str | Path, train: bool, transform: Any = None) -> Any:
     """torchvision's CIFAR10 dataset without its md5 check, so that it also reads a re-encoded
     copy. Only for measuring the original study's DataLoader path; training never uses it."""
+    from torchvision.datasets import CIFAR10
 
-    def _check_integrity(self) -> bool:
-        return all((Path(self.root) / self.base_folder / name).is_file()
-                   for name, _ in self.train_list + self.test_list)
+    class Unchecked(CIFAR10):
+        def _check_integrity(self) -> bool:
+            return all((Path(self.root) / self.base_folder / name).is_file()
+                       for name, _ in self.train_list + self.test_list)
 
-    def _load_meta(self) -> None:  # torchvision's checks batches.meta's md5 too
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        def _load_meta(self) -> None:  # torchvision's checks batches.meta's md5 too
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+    return Unchecked(str(root), train=train, download=False, transform=transform)
 
 
 # --------------------------------------------------------------------------- on-device batch ops

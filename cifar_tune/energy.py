@@ -21,20 +21,9 @@ from typing import Any
 
 import torch
 
+from cifar_tune.machine import nvml_handle
+
 POWERCAP = "/sys/class/powercap"
-
-
-def nvml_handle(device: torch.device) -> tuple[Any, Any]:
-    """(pynvml module, handle) of a CUDA device, found by UUID (NVML's indices ignore
-    CUDA_VISIBLE_DEVICES, torch's follow it); raises ImportError or pynvml's NVMLError."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    uuid = str(torch.cuda.get_device_properties(device).uuid)
-    try:
-        return pynvml, pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-    except pynvml.NVMLError:
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
 
 
 @dataclass

@@ -1,24 +1,8 @@
 """Deployment variants of a trained AlexNet: building, saving, loading and running each one.
 
-From a trial's best-validation weights (`best_model.pt`):
-
-    eager_fp32           the reference: the PyTorch model as trained, fp32, NCHW
-    eager_channels_last  same weights, channels_last memory format
-    eager_bf16 / _fp16   torch.autocast at inference, channels_last (fp16 only where the device runs it well)
-    torchscript          jit.trace + freeze saved as model.pt; optimize_for_inference when loaded
-    compiled             torch.compile (inductor, default mode); on CUDA also compiled_max_autotune
-                         (mode "max-autotune") and compiled_cudagraphs (mode "reduce-overhead")
-    compiled_frozen      the same with inductor's freezing (weights as constants: batch norm folded,
-                         oneDNN weights pre-packed on a CPU), inductor's recipe for inference
-    aoti                 torch.export with a dynamic batch, compiled and packaged by AOTInductor as
-                         model.pt2, loaded with torch._inductor.aoti_load_package (checked and its load
-                         timed in a fresh process, as a deployment loads it)
-    onnx_fp32            torch.onnx.export, dynamic batch, one file model.onnx, ONNX Runtime with
-                         graph optimization ALL (CUDA provider with IO binding on GPU, CPU otherwise)
-    onnx_fp16            model.fp16.onnx, fp16 weights and math, fp32 inputs/outputs (GPU only)
-    tensorrt             model.onnx through ONNX Runtime's TensorRT provider with fp16 allowed (where
-                         onnxruntime-gpu has it, on an NVIDIA GPU); the engine is built at the first call
-    onnx_int8            model.int8.onnx, static QDQ quantization calibrated on training images (CPU)
+From a trial's best-validation weights (`best_model.pt`), every variant declared in
+cifar_tune.variants (what each is, what it runs on, what it needs): `build_variants` builds those
+this machine can, and lists the others with the reason (cifar_tune.machine.unmet).
 
 Every variant takes a normalized float32 NCHW batch and returns float32 logits, so parity and
 timing code treat them alike. `prepare` moves an input where the variant wants it (outside any
@@ -30,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +32,7 @@ import torch
 
 from cifar_tune.config import ModelConfig
 from cifar_tune.errors import short_error
+from cifar_tune.machine import ort_provider_loads, unmet
 from cifar_tune.models import AlexNet, build_model
 from cifar_tune.names import (
     AOTI_FILE,
@@ -58,7 +43,7 @@ from cifar_tune.names import (
     REFERENCE_VARIANT,
     TORCHSCRIPT_FILE,
 )
-from cifar_tune.precision import device_problem
+from cifar_tune.variants import DEVICE_NEEDS, REGISTRY, VariantSpec
 
 
 class ExportError(RuntimeError):
@@ -169,7 +154,10 @@ class CompiledVariant(Variant):
         super().__init__(name, "fp32", device, "torch")
         if freezing and mode is not None:
             raise ValueError(f"{name}: freezing is built only with inductor's default mode, not mode={mode!r}")
-        self.reuses_output = mode == "reduce-overhead"
+        # Whether this mode replays CUDA graphs, read from torch's own table of modes: "max-autotune"
+        # does too, not only "reduce-overhead". A replay writes into the same output buffer, so the
+        # output is copied out; only a GPU shows the overwrite (tests read the table on a CPU).
+        self.reuses_output = bool(torch._inductor.list_mode_options(mode or "default").get("triton.cudagraphs"))
         self.freezing = freezing
         start = time.perf_counter()
         # The options dict only makes this backend differ from an unfrozen one, so dynamo does not
@@ -193,7 +181,7 @@ class CompiledVariant(Variant):
             self.traced_shapes.add(x.shape)
         else:
             out = self.model(x)
-        # cudagraphs (reduce-overhead) reuse their output buffer: hand out a copy there, only there
+        # CUDA graphs reuse their output buffer: hand out a copy there, only there
         return out.clone() if self.reuses_output else out
 
 
@@ -224,18 +212,21 @@ class OrtVariant(Variant):
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the CUDA->CPU fallback is detected below, not logged
         wanted: list[Any] = ["CPUExecutionProvider"]
-        if device.type == "cuda":
+        # Only providers that really load here (a probe session, cifar_tune.machine): get_available_providers()
+        # lists CUDA and TensorRT in every onnxruntime-gpu wheel. Fallback is off, so a provider that fails
+        # raises here, instead of ONNX Runtime retrying on CUDA with default options (TF32 back on).
+        if device.type == "cuda" and ort_provider_loads("CUDAExecutionProvider", device.index or 0) is None:
             # Strict fp32 (ORT's CUDA provider enables TF32 by default), on the GPU IO binding uses.
             cuda_options = {"device_id": device.index or 0, "use_tf32": 0}
             wanted = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-            if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
+            if tensorrt and ort_provider_loads("TensorrtExecutionProvider", device.index or 0) is None:
                 wanted.insert(0, ("TensorrtExecutionProvider", {"device_id": device.index or 0,
                                                                  "trt_fp16_enable": tensorrt_fp16}))
         start = time.perf_counter()
-        self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        self.session = ort.InferenceSession(str(path), options, providers=wanted, enable_fallback=0)
         load_s = time.perf_counter() - start
         actual = self.session.get_providers()[0]
-        # onnxruntime-gpu falls back to CPU silently: believe the session, not the request.
+        # Believe the session, not the request: a CPU measurement is never labelled as the GPU's.
         if device.type == "cuda" and actual == "CPUExecutionProvider":
             device = torch.device("cpu")
         super().__init__(name, precision, device, actual)
@@ -266,17 +257,6 @@ class OrtVariant(Variant):
         return torch.as_tensor(output).float().cpu()
 
 
-def ort_providers() -> list[str]:
-    """ONNX Runtime's providers in this process, after loading the CUDA/cuDNN libraries that
-    onnxruntime-gpu needs (from the nvidia-* wheels torch brought) where it can."""
-    import onnxruntime as ort
-
-    if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in ort.get_available_providers():
-        with contextlib.suppress(Exception):  # a CPU-only machine: nothing to load
-            ort.preload_dlls()
-    return ort.get_available_providers()
-
-
 # --------------------------------------------------------------------------- building files
 
 
@@ -299,8 +279,12 @@ def save_aoti(model: torch.nn.Module, path: Path, device: torch.device) -> Path:
 
 
 LOAD_IN_FRESH_PROCESS = """
-import sys, time, torch
+import json, sys, time, torch
 device = torch.device(sys.argv[2])
+flags = json.loads(sys.argv[4])  # the parent's math flags: a new process starts from torch's defaults
+torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
+torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
+torch.set_float32_matmul_precision(flags["matmul_precision"])
 start = time.perf_counter()
 runner = torch._inductor.aoti_load_package(sys.argv[1])
 x = torch.load(sys.argv[3], weights_only=True).to(device)
@@ -308,22 +292,34 @@ with torch.inference_mode():
     logits = runner(x)
 if device.type == "cuda":
     torch.cuda.synchronize(device)
-print(time.perf_counter() - start)
+seconds = time.perf_counter() - start
 torch.save(logits.cpu(), sys.argv[3])
+print(json.dumps({"seconds": seconds, "flags": {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+                  "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+                  "matmul_precision": torch.get_float32_matmul_precision()}}))
 """
 
 
-def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Load a model.pt2 in a new Python process, as a deployment would, and run `x` through it:
-    (seconds to load and run once, logits). Proves the package needs nothing of the process that made it."""
+def math_flags() -> dict[str, Any]:
+    """This process's TF32 switches, which a fresh process must copy to compute the same logits."""
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_precision": torch.get_float32_matmul_precision()}
+
+
+def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
+    """Load a model.pt2 in a new Python process, as a deployment would, and run `x` through it with
+    this process's TF32 switches (cuDNN's default is TF32 on, the benchmark's fp32 is strict): (seconds to
+    load and run once, logits, the switches the child ran with). Proves the package needs nothing of
+    the process that made it."""
     with tempfile.TemporaryDirectory() as folder:
         io = Path(folder) / "x.pt"
         torch.save(x.cpu(), io)
-        done = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(path), str(device), str(io)],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(path), str(device), str(io),
+                               json.dumps(math_flags())], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise ExportError(f"{path.name} does not load in a fresh process: {done.stderr.strip()[-500:]}")
-        return float(done.stdout.strip().splitlines()[-1]), torch.load(io, weights_only=True)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        return float(report["seconds"]), torch.load(io, weights_only=True), report["flags"]
 
 
 def _aoti_variant(model: torch.nn.Module, path: Path, device: torch.device) -> AotiVariant:
@@ -331,7 +327,7 @@ def _aoti_variant(model: torch.nn.Module, path: Path, device: torch.device) -> A
     the same logits; its load_s is the fresh process's (load and first call)."""
     variant = AotiVariant(path, device)
     x = torch.randn(4, 3, 32, 32)
-    variant.load_s, fresh = load_in_fresh_process(path, device, x)
+    variant.load_s, fresh, _ = load_in_fresh_process(path, device, x)
     here = variant.predict(x)
     if not torch.allclose(fresh, here, atol=1e-4, rtol=1e-4):
         raise ExportError(f"{path.name} gives other logits in a fresh process (max diff {(fresh - here).abs().max():.3g})")
@@ -392,119 +388,131 @@ def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Pa
     return path
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler inductor would use on a CPU ($CXX, else g++, c++ or clang++ on PATH), or None."""
-    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    return next((found for c in candidates if c and (found := shutil.which(c))), None)
+# --------------------------------------------------------------------------- building variants
 
 
-# Variants only a CUDA device runs, and why (for a request on another device).
-CUDA_ONLY = {"compiled_max_autotune": "max-autotune tunes GPU kernels", "compiled_cudagraphs": "CUDA graphs",
-             "onnx_fp16": "fp16 math in ONNX Runtime is for its CUDA provider",
-             "tensorrt": "TensorRT runs on NVIDIA GPUs"}
-# name: (torch.compile mode, freezing)
-COMPILED = {"compiled": (None, False), "compiled_frozen": (None, True), "compiled_max_autotune": ("max-autotune", False),
-            "compiled_cudagraphs": ("reduce-overhead", False)}
+class _Artifacts:
+    """The export files, each made at most once (model.onnx feeds onnx_fp32, onnx_fp16, onnx_int8 and
+    tensorrt), timed; a file that failed to make fails every variant that needs it, with its reason."""
+
+    def __init__(self, model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor) -> None:
+        self.model, self.out_dir, self.device, self.calibration = model, out_dir, device, calibration
+        self.made: dict[str, Path | Exception] = {}
+        self.seconds = 0.0  # spent making files since the last reset: the build_s of the variant that needed them
+
+    def path(self, name: str) -> Path:
+        if name not in self.made:
+            savers = {TORCHSCRIPT_FILE: lambda p: save_torchscript(self.model, p),
+                      AOTI_FILE: lambda p: save_aoti(self.model, p, self.device),
+                      ONNX_FILE: lambda p: save_onnx(self.model, p),
+                      ONNX_FP16_FILE: lambda p: save_onnx_fp16(self.path(ONNX_FILE), p),
+                      ONNX_INT8_FILE: lambda p: save_onnx_int8(self.path(ONNX_FILE), p, self.calibration)}
+            start = time.perf_counter()
+            try:
+                self.made[name] = savers[name](self.out_dir / name)
+            except ExportError as exc:
+                self.made[name] = exc
+            except Exception as exc:
+                self.made[name] = ExportError(f"{name} failed: {short_error(exc)}")
+            self.seconds += time.perf_counter() - start
+        made = self.made[name]
+        if isinstance(made, Exception):
+            raise made
+        return made
+
+
+@dataclass
+class _Build:
+    """What a builder gets: the variant's spec and everything it may need."""
+
+    spec: VariantSpec
+    model: torch.nn.Module
+    device: torch.device
+    threads: int
+    tensorrt: bool
+    files: _Artifacts
+
+    def fresh_model(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model)
+
+
+def _compiled(b: _Build) -> Variant:
+    return CompiledVariant(b.spec.name, b.fresh_model(), b.device, b.spec.compile_mode, b.spec.freezing)
+
+
+def _eager_autocast(b: _Build) -> Variant:
+    return EagerVariant(b.spec.name, b.fresh_model(), b.device, b.spec.precision, channels_last=True)
+
+
+def _tensorrt_variant(b: _Build) -> OrtVariant:
+    variant = OrtVariant("tensorrt", "fp16", b.files.path(ONNX_FILE), b.device, b.threads, tensorrt=True,
+                         tensorrt_fp16=True)
+    if variant.runtime != "TensorrtExecutionProvider":  # the provider declined the graph
+        raise ExportError(f"the TensorRT provider did not take the model (runs on {variant.runtime})")
+    return variant
+
+
+# name -> how to build it; one per entry of cifar_tune.variants.REGISTRY (a test keeps them equal).
+BUILDERS: dict[str, Callable[[_Build], Variant]] = {
+    "eager_fp32": lambda b: EagerVariant(b.spec.name, b.fresh_model(), b.device),
+    "eager_channels_last": lambda b: EagerVariant(b.spec.name, b.fresh_model(), b.device, channels_last=True),
+    "eager_bf16": _eager_autocast,
+    "eager_fp16": _eager_autocast,
+    "torchscript": lambda b: TorchScriptVariant(b.files.path(TORCHSCRIPT_FILE), b.device),
+    "compiled": _compiled,
+    "compiled_frozen": _compiled,
+    "compiled_max_autotune": _compiled,
+    "compiled_cudagraphs": _compiled,
+    "aoti": lambda b: _aoti_variant(b.model, b.files.path(AOTI_FILE), b.device),
+    "onnx_fp32": lambda b: OrtVariant("onnx_fp32", "fp32", b.files.path(ONNX_FILE), b.device, b.threads, b.tensorrt),
+    "onnx_fp16": lambda b: OrtVariant("onnx_fp16", "fp16", b.files.path(ONNX_FP16_FILE), b.device, b.threads,
+                                      b.tensorrt),
+    "onnx_int8": lambda b: OrtVariant("onnx_int8", "int8", b.files.path(ONNX_INT8_FILE), torch.device("cpu"),
+                                      b.threads),
+    "tensorrt": _tensorrt_variant,
+}
 
 
 def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
-                   threads: int, tensorrt: bool = False,
-                   wanted: list[str] | None = None) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
+                   threads: int, tensorrt: bool = False, wanted: list[str] | None = None,
+                   deadline: float | None = None) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
     """Write the export files into out_dir. Returns every variant that could be built on `device`,
     {name: reason} of those that failed to build (an export exception is recorded, not raised), and
     {name: reason} of those skipped because this device or installation cannot run them.
-    `wanted`: the names to build (None: every variant the device runs; only a wanted one is listed
-    as skipped). The reference (eager fp32) is always built."""
+
+    `wanted`: the names to build (None: every variant the device runs). A variant the device itself
+    rules out (a CUDA-only one on a CPU, autocast the CPU emulates) is listed as skipped only when asked
+    for by name; a gap in the installation (no compiler, no provider that loads) always is. `deadline`
+    (time.monotonic()): a variant whose `build_estimate_s` no longer fits before it is skipped, saying
+    so. The reference (eager fp32) is always built."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if device.type == "cuda":
-        ort_providers()  # load onnxruntime-gpu's CUDA libraries before the first session
-    variants: list[Variant] = [EagerVariant(REFERENCE_VARIANT, copy.deepcopy(model), device)]
+    files = _Artifacts(model, out_dir, device, calibration)
+    variants: list[Variant] = []
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
-
-    def asked(name: str, missing: str | None = None, list_always: bool = False) -> bool:
-        """Whether to build `name` here. One that cannot be built here (a CUDA-only variant on another
-        device, or `missing`: what this machine lacks) is listed as skipped with the reason: always
-        where `list_always` (an installation gap worth knowing), else only when asked for by name."""
-        if wanted is not None and name not in wanted:
-            return False
-        if name in CUDA_ONLY and device.type != "cuda":
-            missing, list_always = f"needs a CUDA device ({CUDA_ONLY[name]}); this export runs on {device.type}", False
-        if missing:
-            if wanted is not None or list_always:
-                skipped[name] = missing
-            return False
-        return True
-
-    def attempt(name: str, build: Any, save: Any = None, missing: str | None = None, list_always: bool = False) -> None:
-        """Build one variant, timing `save` (making its file) as its build_s."""
-        if not asked(name, missing, list_always):
-            return
+    for spec in REGISTRY:
+        reference = spec.name == REFERENCE_VARIANT
+        if not reference and wanted is not None and spec.name not in wanted:
+            continue
+        problems = unmet(spec, device)
+        if problems:
+            need, reason = problems[0]
+            if wanted is not None or need not in DEVICE_NEEDS:
+                skipped[spec.name] = reason
+            continue
+        if not reference and deadline is not None and time.monotonic() + spec.build_estimate_s > deadline:
+            skipped[spec.name] = (f"time budget: about {spec.build_estimate_s:.0f} s to build and time, "
+                                  f"{max(0.0, deadline - time.monotonic()):.0f} s left")
+            continue
+        files.seconds = 0.0
         try:
-            start = time.perf_counter()
-            path = save() if save else None
-            build_s = time.perf_counter() - start
-            variant = build(path) if save else build()
-            if save:
-                variant.build_s = build_s
-            variants.append(variant)
+            variant = BUILDERS[spec.name](_Build(spec, model, device, threads, tensorrt, files))
         except Exception as exc:  # one broken variant must not stop the others
-            failed[name] = short_error(exc)
-
-    attempt("eager_channels_last",
-            lambda: EagerVariant("eager_channels_last", copy.deepcopy(model), device, channels_last=True))
-    for precision, name in (("bf16", "amp_bf16"), ("fp16", "amp_fp16")):
-        problem = device_problem(name, device.type)
-        attempt(f"eager_{precision}",
-                lambda p=precision: EagerVariant(f"eager_{p}", copy.deepcopy(model), device, p, channels_last=True),
-                missing=f"{name} on {device.type}: {problem}" if problem else None)
-    attempt("torchscript", lambda path: TorchScriptVariant(path, device),
-            lambda: save_torchscript(model, out_dir / TORCHSCRIPT_FILE))
-    no_compiler = "needs a C++ compiler (g++ or clang++; $CXX) and none is on PATH" if cxx_compiler() is None else None
-    for name, (mode, freezing) in COMPILED.items():  # inductor's CPU kernels are C++; its CUDA ones are Triton
-        attempt(name, lambda n=name, m=mode, f=freezing: CompiledVariant(n, copy.deepcopy(model), device, m, f),
-                missing=f"torch.compile on a CPU {no_compiler}" if no_compiler and device.type == "cpu" else None,
-                list_always=True)
-    attempt("aoti", lambda path: _aoti_variant(model, path, device),  # its wrapper is C++ on any device
-            lambda: save_aoti(model, out_dir / AOTI_FILE, device),
-            missing=f"AOTInductor on a CPU {no_compiler}" if no_compiler else None, list_always=True)
-
-    onnx_names = [n for n in ("onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt") if asked(n)]
-    if not onnx_names:
-        return variants, failed, skipped
-    try:
-        start = time.perf_counter()
-        onnx_path = save_onnx(model, out_dir / ONNX_FILE)  # also the source of the fp16 and int8 files
-        onnx_build_s = time.perf_counter() - start
-    except Exception as exc:
-        failed.update({n: f"ONNX export failed: {short_error(exc)}" for n in onnx_names})
-        return variants, failed, skipped
-    attempt("onnx_fp32", lambda: OrtVariant("onnx_fp32", "fp32", onnx_path, device, threads, tensorrt))
-    if variants[-1].name == "onnx_fp32":
-        variants[-1].build_s = onnx_build_s
-    # Whether ONNX Runtime here has a working CUDA provider (not so when the CPU package won): believe
-    # the fp32 session where there is one, as onnxruntime-gpu falls back to the CPU silently.
-    fp32 = next((v for v in variants if v.name == "onnx_fp32"), None)
-    on_gpu = fp32.device.type == "cuda" if fp32 else device.type == "cuda" and "CUDAExecutionProvider" in ort_providers()
-    if device.type == "cuda" and not on_gpu and "onnx_fp16" in onnx_names:
-        failed["onnx_fp16"] = ("onnxruntime here has no working CUDA provider (onnx_fp32 ran on the CPU instead); "
-                               f"providers: {', '.join(ort_providers())}. Install onnxruntime-gpu in place of "
-                               "onnxruntime (README: GPU nodes)")
-    if on_gpu:
-        attempt("onnx_fp16", lambda path: OrtVariant("onnx_fp16", "fp16", path, device, threads, tensorrt),
-                lambda: save_onnx_fp16(onnx_path, out_dir / ONNX_FP16_FILE))
-    attempt("onnx_int8", lambda path: OrtVariant("onnx_int8", "int8", path, torch.device("cpu"), threads),
-            lambda: save_onnx_int8(onnx_path, out_dir / ONNX_INT8_FILE, calibration))
-    if "tensorrt" in onnx_names:
-        no_trt = None if "TensorrtExecutionProvider" in ort_providers() else (
-            "onnxruntime here has no TensorRT provider (it needs onnxruntime-gpu built with TensorRT and the "
-            f"TensorRT libraries); providers: {', '.join(ort_providers())}")
-        attempt("tensorrt", lambda: _tensorrt_variant(onnx_path, device, threads), missing=no_trt, list_always=True)
+            if reference:
+                raise
+            failed[spec.name] = short_error(exc)
+            continue
+        if files.seconds:  # it made its file: that is its build time (model.onnx's goes to onnx_fp32)
+            variant.build_s = files.seconds
+        variants.append(variant)
     return variants, failed, skipped
-
-
-def _tensorrt_variant(onnx_path: Path, device: torch.device, threads: int) -> OrtVariant:
-    variant = OrtVariant("tensorrt", "fp16", onnx_path, device, threads, tensorrt=True, tensorrt_fp16=True)
-    if variant.runtime != "TensorrtExecutionProvider":  # the provider declined the graph or failed to start
-        raise ExportError(f"the TensorRT provider did not take the model (runs on {variant.runtime})")
-    return variant

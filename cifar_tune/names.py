@@ -43,10 +43,7 @@ ONNX_INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
 BENCH_FILE = "bench.json"
 REFERENCE_VARIANT = "eager_fp32"  # what every speedup and parity check is measured against
-# Every deployment variant, in the order they are built and listed (cifar_tune.export says what each is).
-VARIANTS = ("eager_fp32", "eager_channels_last", "eager_bf16", "eager_fp16", "torchscript",
-            "compiled", "compiled_frozen", "compiled_max_autotune", "compiled_cudagraphs", "aoti",
-            "onnx_fp32", "onnx_fp16", "onnx_int8", "tensorrt")
+# The variants themselves (names, order, needs) are declared in cifar_tune.variants.
 
 # --------------------------------------------------------------------------- metrics
 # Reported by a trial after every epoch; `tune.metric` must be one of them.

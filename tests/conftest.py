@@ -13,8 +13,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_tune.names import VARIANTS  # noqa: E402
+from cifar_tune.machine import unmet  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
+from cifar_tune.variants import REGISTRY  # noqa: E402
 
 from cifar_files import write_cifar  # noqa: E402
 
@@ -27,11 +28,9 @@ NATIVE_BF16 = device_problem("amp_bf16", "cpu") is None
 TEST_PRECISION = "amp_bf16" if NATIVE_BF16 else "fp32"
 SECOND_PRECISION = "amp_bf16" if NATIVE_BF16 else "tf32"
 ALLOW_SECOND = {"allow_slow_precision": not NATIVE_BF16}
-# The variants a CPU export builds by default, but torch.compile's and AOTInductor's: compiling
-# takes half a minute or more on 2 cores, so only the tests about them (marked slow) build them.
-FAST_VARIANTS = [v for v in VARIANTS if not v.startswith("compiled") and v not in ("aoti", "onnx_fp16", "tensorrt")
-                 and not (v.startswith("eager_") and v[6:] in ("bf16", "fp16")
-                          and device_problem(f"amp_{v[6:]}", "cpu") is not None)]
+# The variants a CPU export builds here, but those that compile (torch.compile, AOTInductor): half a
+# minute or more each on 2 cores, so only the tests about them (marked slow) build them.
+FAST_VARIANTS = [s.name for s in REGISTRY if not s.compiles and not unmet(s, torch.device("cpu"))]
 
 
 @pytest.fixture(scope="session")

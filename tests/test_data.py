@@ -113,3 +113,18 @@ def test_normalize_standardizes_and_sets_layout() -> None:
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     expected = (images[:, 0].float() / 255 - data_mod.MEAN[0]) / data_mod.STD[0]
     assert torch.allclose(out[:, 0], expected)
+
+
+def test_the_written_out_release_facts_are_torchvisions() -> None:
+    """data.py names the official files and md5s itself (no torchvision on its import path); they must
+    stay what torchvision knows."""
+    from torchvision.datasets import CIFAR10
+
+    from cifar_tune import data
+
+    assert data.BASE_FOLDER == CIFAR10.base_folder and data.META_FILE == CIFAR10.meta["filename"]
+    assert data.TRAIN_FILES == [n for n, _ in CIFAR10.train_list] and data.TEST_FILES == [n for n, _ in CIFAR10.test_list]
+    assert data.OFFICIAL_MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"],
+                                                                                 CIFAR10.meta["md5"]]])
+    assert (data.ARCHIVE_URL, data.ARCHIVE_MD5) == (CIFAR10.url, CIFAR10.tgz_md5)
+    assert data.ARCHIVE_URL.endswith(CIFAR10.filename)

@@ -80,3 +80,10 @@ def test_readme_python_api_imports_work() -> None:
             continue
         for name in (n.strip() for n in names.split("#")[0].split(",")):
             assert hasattr(target, name), f"README: from {module} import {name}"
+
+
+def test_readme_variant_table_is_the_registry() -> None:
+    from cifar_tune.variants import markdown_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate README's variant table from cifar_tune.variants.markdown_table()"

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from cifar_tune import energy
-from cifar_tune.bench import LatencyMeter
 from cifar_tune.config import validate_config
 from cifar_tune.data import load_data
 from cifar_tune.energy import EnergyMeter
 from cifar_tune.export import EagerVariant
+from cifar_tune.meters import LatencyMeter
 from cifar_tune.models import build_model
 from cifar_tune.trainables.train import Trainer
 

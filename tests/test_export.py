@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 from cifar_tune import export as export_mod
+from cifar_tune import machine
 from cifar_tune.analysis import analyze, load_experiment
 from cifar_tune.analysis.stats import fastest_variants, inference_speedups
 from cifar_tune.bench import (
@@ -25,13 +26,10 @@ from cifar_tune.bench import (
     BenchPathError,
     bench_checkpoint,
     locate_checkpoint,
-    measure_latencies,
-    median_interval,
-    percentile_or_nan,
-    uses_cuda_events,
 )
 from cifar_tune.config import ConfigError, ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
+from cifar_tune.meters import measure_latencies, median_interval, percentile_or_nan, uses_cuda_events
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.trainables.train import Trainer
 
@@ -357,7 +355,7 @@ def test_unknown_variant_is_a_config_error_naming_the_known_ones() -> None:
 
 def test_variants_this_machine_cannot_run_are_skipped_with_the_reason(trained, tmp_path: Path, monkeypatch) -> None:
     trial, data = trained
-    monkeypatch.setattr(export_mod, "cxx_compiler", lambda: None)  # a CPU box without g++ or clang++
+    monkeypatch.setattr(machine, "cxx_compiler", lambda: None)  # a CPU box without g++ or clang++
     settings = QUICK.model_copy(update={"variants": ["eager_fp32", "compiled", "compiled_cudagraphs", "aoti",
                                                      "onnx_fp16", "tensorrt"]})
     result = bench_checkpoint(trial / "checkpoint_000001", tmp_path, data.test_x, data.test_y, data.train_x, settings,

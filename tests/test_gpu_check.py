@@ -6,9 +6,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
+
+import torch
+
+from cifar_tune.config import validate_config
+from cifar_tune.export import build_variants
+from cifar_tune.models import build_model
 
 from cifar_files import write_cifar
 from conftest import FAST_VARIANTS
@@ -27,8 +36,9 @@ def test_quick_cpu_run_reports_training_checks_and_variants(tmp_path: Path) -> N
     # All but torch.compile's variants (a minute of compiling here; tests/test_export.py covers them),
     # and tensorrt, asked for to see it listed as not run.
     variants = ",".join([*FAST_VARIANTS, "tensorrt"])
-    run = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path),
-                          "--variants", variants], capture_output=True, text=True, timeout=600)
+    # torchvision, pandas, Ray, wandb hidden: the check must not need them (a GPU box may lack them)
+    run = _hidden("torchvision,pandas,scipy,matplotlib,ray,wandb,pyarrow,boto3", "--device", "cpu", "--quick",
+                  "--out", str(tmp_path), "--variants", variants)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "synthetic" in result["data"]
@@ -56,3 +66,77 @@ def test_subset_file_round_trips(tmp_path: Path) -> None:
     data, source = gpu_check.load_source(args)
     assert "subset" in source and "200 training, 30 test" in source
     assert len(data.train_y) + len(data.val_y) == 200 and len(data.test_y) == 30
+
+
+# A GPU box may have torch, onnx and onnxruntime and nothing else this project uses: the check must
+# say so rather than stop at an import. Modules are hidden from a subprocess as Python's import system
+# allows: None in sys.modules makes `import` raise ModuleNotFoundError and find_spec answer None.
+BLOCKER = """
+import runpy, sys
+sys.modules.update(dict.fromkeys(sys.argv[1].split(",")))
+script = sys.argv[2]
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+ONLY_TORCH_ONNX_ORT = "pydantic,yaml,onnxscript,torchvision,pandas,scipy,matplotlib,ray,wandb,pynvml,pyarrow,boto3"
+
+
+def _hidden(modules: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER, modules, str(SCRIPT), *args], capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_check_env_says_what_is_missing_where_only_torch_onnx_and_onnxruntime_are(tmp_path: Path) -> None:
+    run = _hidden(ONLY_TORCH_ONNX_ORT, "--check-env", "--device", "cpu")
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr[-2000:]
+    assert run.returncode == 1  # something is missing
+    lines = {line.split()[3]: line for line in run.stdout.splitlines() if "python package" in line}
+    assert lines["pydantic"].startswith("MISSING") and lines["pyyaml"].startswith("MISSING")
+    assert lines["onnxscript"].startswith("MISSING") and lines["torch"].startswith("ok")
+    assert lines["nvidia-ml-py"].startswith("optional")  # energy readings only: never counted as missing
+    variants = {line.split("variant ")[1].split(":")[0]: line for line in run.stdout.splitlines() if "variant " in line}
+    assert variants["torchscript"].startswith("ok")  # the variants are still checked, against the registry
+    assert variants["onnx_int8"].startswith("MISSING") and "onnxscript" in variants["onnx_int8"]
+    # and the check itself stops with the same words, not a traceback from an import
+    run = _hidden(ONLY_TORCH_ONNX_ORT, "--device", "cpu", "--quick", "--out", str(tmp_path))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "MISSING" in run.stderr
+
+
+def test_the_pack_installs_offline_and_runs_the_check_from_the_tree(tmp_path: Path) -> None:
+    """--pack without downloads (the box is said to have everything), a hand-made wheel added as pip
+    would have downloaded it; run.sh then unpacks it, checks the box and runs the check on the subset."""
+    gpu_check = _module()
+    write_cifar(tmp_path / "cifar", per_batch=60, n_test=40)
+    folder = gpu_check.pack(tmp_path / "gpu-pack", str(tmp_path / "cifar"), "3.12", "2.11",
+                            box_has=[pip for pip, _ in gpu_check.PACKAGES.values()], extra=[], n_train=300, n_test=40)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["downloaded"] == [] and manifest["subset"]["train_images"] == 300
+    assert set(manifest["files"]) == {"cifar-subset.npz", "run.sh"}
+    with zipfile.ZipFile(folder / "wheels" / "probe_pkg-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("probe_pkg/__init__.py", "VALUE = 42\n")
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(folder / "run.sh"), str(out), "--device", "cpu", "--quick", "--epochs", "1",
+                          "--variants", "eager_fp32,onnx_fp32"], cwd=SCRIPT.parent.parent, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert (folder / "site" / "probe_pkg" / "__init__.py").is_file()  # unpacked without pip or a network
+    assert "0 missing" in (out / "check-env.txt").read_text()
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert "subset" in result["data"] and "300 training, 40 test" in result["data"]
+    assert {row["variant"] for row in result["deployment"]} == {"eager_fp32", "onnx_fp32"}
+    (folder / "cifar-subset.npz").write_bytes(b"not the subset")  # a pack damaged on its way is refused
+    run = subprocess.run(["bash", str(folder / "run.sh"), str(out)], cwd=SCRIPT.parent.parent, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHON": sys.executable})
+    assert run.returncode != 0 and "cifar-subset.npz" in run.stdout + run.stderr
+
+
+def test_variants_whose_build_no_longer_fits_the_budget_are_dropped_with_the_reason(tmp_path: Path) -> None:
+    gpu_check = _module()
+    rows = gpu_check.check_env("cpu", ["eager_fp32"])
+    assert all(row["ok"] for row in rows if not row["optional"])
+    model = build_model(validate_config({}).model).eval()
+    variants, failed, skipped = build_variants(model, tmp_path, torch.device("cpu"), torch.randn(8, 3, 32, 32), 1,
+                                               wanted=["eager_fp32", "torchscript", "onnx_fp32"],
+                                               deadline=time.monotonic() + 10)  # torchscript fits; ONNX's 20 s does not
+    assert [v.name for v in variants] == ["eager_fp32", "torchscript"] and not failed
+    assert skipped["onnx_fp32"].startswith("time budget: about 20 s")

@@ -14,12 +14,20 @@ import torch
 
 from cifar_tune import bench as bench_mod
 from cifar_tune import data as data_mod
+from cifar_tune import export as export_mod
+from cifar_tune import machine
 from cifar_tune.config import ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
-from cifar_tune.export import load_best_model, save_onnx, save_onnx_fp16
+from cifar_tune.export import BUILDERS, CompiledVariant, EagerVariant, OrtVariant, load_best_model, save_onnx, save_onnx_fp16
+from cifar_tune.machine import device_name, unmet
+from cifar_tune.meters import LatencyMeter, measure_latencies
+from cifar_tune.models import build_model
 from cifar_tune.orchestrator import export_hook
 from cifar_tune.plan import SearchPlan
+from cifar_tune.precision import policy
+from cifar_tune.trainables import train as train_mod
 from cifar_tune.trainables.train import Trainer
+from cifar_tune.variants import SPECS, VARIANTS
 
 from conftest import FAST_VARIANTS
 
@@ -74,7 +82,7 @@ def test_bench_rows_name_the_device_each_variant_ran_on(checkpoint, tmp_path: Pa
     result = bench_mod.bench_checkpoint(folder, tmp_path, data.test_x, data.test_y, data.train_x, QUICK,
                                         device=torch.device("cpu"), threads=1)
     for row in result["bench"]:
-        assert row["device_name"] == bench_mod.device_name(torch.device(row["device"]))
+        assert row["device_name"] == device_name(torch.device(row["device"]))
 
 
 def test_normalize_builds_its_statistics_once_per_device() -> None:
@@ -113,3 +121,233 @@ def test_queued_exports_each_get_the_timeout_not_one_shared(tiny_raw) -> None:
     assert {k: v["status"] for k, v in hook.outcomes.items()} == {"t0": "ok", "t1": "ok", "t2": "ok",
                                                                     "stuck": "timeout"}
     assert "export.timeout_s=4" in hook.outcomes["stuck"]["reason"]
+
+
+# --------------------------------------------------------------------------- issue 18's defects, shown on a CPU
+
+
+def test_compiled_variants_copy_outputs_exactly_where_torch_replays_cuda_graphs(monkeypatch) -> None:
+    """torch's own mode table decides: "max-autotune" replays CUDA graphs too, not only "reduce-overhead"."""
+    from torch._inductor import list_mode_options
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # the mode's options, not a compile
+    model = build_model(validate_config({}).model)
+    for mode in (None, "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        graphs = bool(list_mode_options(mode or "default").get("triton.cudagraphs"))
+        assert CompiledVariant("c", model, torch.device("cpu"), mode).reuses_output is graphs, mode
+    assert list_mode_options("max-autotune")["triton.cudagraphs"]  # why the registry avoids that mode
+    autotune, graphs = SPECS["compiled_max_autotune"], SPECS["compiled_cudagraphs"]
+    assert list_mode_options(autotune.compile_mode).get("max_autotune")
+    assert not list_mode_options(autotune.compile_mode).get("triton.cudagraphs")  # autotuning alone
+    assert list_mode_options(graphs.compile_mode).get("triton.cudagraphs")  # graphs alone
+    assert not list_mode_options(graphs.compile_mode).get("max_autotune")
+
+
+def test_every_registered_variant_has_one_builder() -> None:
+    assert set(BUILDERS) == set(VARIANTS)
+
+
+def test_a_fused_optimizer_keeps_the_grad_scaler_from_syncing_every_step(checkpoint, monkeypatch) -> None:
+    """GradScaler.step calls .item() (a host/GPU sync) in _maybe_opt_step unless the optimizer is fused."""
+    assert train_mod.fused_optimizer(torch.device("cuda")) is True
+    _, data = checkpoint
+    config = validate_config({"train": {"epochs": 1, "batch_size": 16, "precision": "amp_fp16",
+                                        "allow_slow_precision": True}})
+    syncing = []
+    real = torch.amp.GradScaler._maybe_opt_step
+    monkeypatch.setattr(torch.amp.GradScaler, "_maybe_opt_step",
+                        lambda self, *a, **k: syncing.append(1) or real(self, *a, **k))
+    for fused, expected_syncs in ((None, 2), (True, 0)):  # torch's default on a CPU, then what CUDA gets
+        monkeypatch.setattr(train_mod, "fused_optimizer", lambda device, f=fused: f)
+        syncing.clear()
+        trainer = Trainer(config.train, config.model, data)
+        assert trainer.scaler.is_enabled()
+        for _ in range(2):
+            loss, _ = trainer._train_step(torch.arange(16))
+        assert len(syncing) == expected_syncs and torch.isfinite(loss)
+
+
+class _FakeSession:
+    """ONNX Runtime's InferenceSession as onnxruntime-gpu behaves on a box without TensorRT's libraries:
+    it lists TensorRT, and creating a session with it fails."""
+
+    made: list[tuple[list, dict]] = []
+
+    def __init__(self, path: Any, options: Any = None, providers: Any = None, **kwargs: Any) -> None:
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        _FakeSession.made.append((providers, kwargs))
+        if "TensorrtExecutionProvider" in names:
+            raise RuntimeError("TensorRT EP could not be created: libnvinfer.so.10: cannot open shared object file")
+        self.names = names
+
+    def get_providers(self) -> list[str]:
+        return self.names
+
+    def get_inputs(self) -> list[Any]:
+        return [type("Arg", (), {"name": "x"})()]
+
+    get_outputs = get_inputs
+
+
+def test_a_listed_provider_that_does_not_load_is_never_asked_for(monkeypatch, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    machine.ort_provider_loads.cache_clear()
+    try:
+        cuda = torch.device("cuda")
+        (need, why), = unmet(SPECS["tensorrt"], cuda)
+        assert need == "ort_tensorrt" and "listed but does not load" in why and "libnvinfer" in why
+        assert unmet(SPECS["onnx_fp16"], cuda) == []  # the CUDA provider loads (in this fake)
+        assert machine.ort_providers_that_load() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        _FakeSession.made.clear()
+        variant = OrtVariant("onnx_fp32", "fp32", tmp_path / "model.onnx", cuda, threads=1, tensorrt=True)
+        (providers, kwargs), = _FakeSession.made
+        # TensorRT left out, the CUDA provider keeps strict fp32, and no silent retry on other options
+        assert providers == [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0}), "CPUExecutionProvider"]
+        assert kwargs == {"enable_fallback": 0} and variant.runtime == "CUDAExecutionProvider"
+    finally:
+        machine.ort_provider_loads.cache_clear()
+
+
+def test_onnx_on_a_gpu_box_without_a_cuda_provider_is_labelled_cpu(monkeypatch, tmp_path: Path) -> None:
+    """The project's GPU box has the CPU-only onnxruntime: its ONNX rows ran on the CPU and must say so."""
+    machine.ort_provider_loads.cache_clear()
+    try:
+        model = build_model(validate_config({}).model).eval()
+        path = save_onnx(model, tmp_path / "model.onnx")
+        variant = OrtVariant("onnx_fp32", "fp32", path, torch.device("cuda"), threads=1)
+        assert variant.device.type == "cpu" and variant.runtime == "CPUExecutionProvider"
+        (need, why), = unmet(SPECS["onnx_fp16"], torch.device("cuda"))
+        assert need == "ort_cuda" and "CUDAExecutionProvider" in why
+    finally:
+        machine.ort_provider_loads.cache_clear()
+
+
+class _FakeCudaMemory:
+    """torch.cuda's allocator counters, for a CPU: `allocated` now, `peak` since the last reset."""
+
+    def __init__(self) -> None:
+        self.allocated = self.peak = 0
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: setattr(self, "peak",
+                                                                                                 self.allocated))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
+
+    def call(self, needs: int) -> None:  # a forward pass: activations allocated, then freed
+        self.peak = max(self.peak, self.allocated + needs)
+
+
+def test_gpu_peak_memory_is_what_the_calls_need_not_what_is_alive(monkeypatch) -> None:
+    memory = _FakeCudaMemory()
+    memory.install(monkeypatch)
+
+    class Variant:
+        name, runtime, device = "v", "fake", torch.device("cuda")
+
+        def __init__(self, weights_mb: int, activations_mb: int) -> None:
+            memory.allocated += weights_mb * 10**6  # built earlier, alive while later ones are measured
+            self.activations = activations_mb * 10**6
+
+        def prepare(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def run(self, x: torch.Tensor) -> None:
+            memory.call(self.activations)
+
+        def sync(self) -> None:
+            pass
+
+    first, second = Variant(weights_mb=500, activations_mb=30), Variant(weights_mb=2000, activations_mb=30)
+    peaks = []
+    for variant in (first, second):
+        meter = LatencyMeter(variant, 2)
+        meter.start(warmup_runs=2)
+        peaks.append(meter.peak_memory_mb)
+    assert peaks == [30, 30]  # the build order (2.5 GB alive for the second) no longer shows
+
+
+class _Broken(EagerVariant):
+    """A variant that builds, then fails whenever it runs, as an engine build or a graph replay can."""
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_variant_failing_at_inference_loses_only_its_own_rows(checkpoint, tmp_path: Path, monkeypatch) -> None:
+    real = bench_mod.build_variants
+
+    def with_a_broken_one(*args: Any, **kwargs: Any) -> Any:
+        variants, failed, skipped = real(*args, **kwargs)
+        variants.append(_Broken("broken", load_best_model(checkpoint[0])[0], torch.device("cpu")))
+        return variants, failed, skipped
+
+    monkeypatch.setattr(bench_mod, "build_variants", with_a_broken_one)
+    folder, data = checkpoint
+    result = bench_mod.bench_checkpoint(folder, tmp_path, data.test_x, data.test_y, data.train_x, QUICK,
+                                        device=torch.device("cpu"), threads=1)
+    status = {row["variant"]: row for row in result["parity"]}
+    assert status["broken"]["status"] == "inference_failed" and "out of memory" in status["broken"]["reason"]
+    timed = {row["variant"] for row in result["bench"]}
+    assert "broken" not in timed and set(FAST_VARIANTS) <= timed  # every other variant measured
+
+
+def test_a_variant_failing_at_one_batch_size_keeps_its_other_rows(checkpoint) -> None:
+    class FailsAtEight(EagerVariant):
+        def run(self, x: torch.Tensor) -> torch.Tensor:
+            if len(x) == 8:
+                raise RuntimeError("CUDA out of memory")
+            return super().run(x)
+
+    model = load_best_model(checkpoint[0])[0]
+    rows = measure_latencies([FailsAtEight("v", model, torch.device("cpu"))], [1, 8], QUICK)
+    assert "p50_ms" in rows[("v", 1)] and "out of memory" in rows[("v", 8)]["error"]
+
+
+def test_the_aoti_check_process_copies_the_parents_math_flags(monkeypatch, tmp_path: Path) -> None:
+    """A fresh process starts with cuDNN's TF32 on; the parity check runs strict fp32, so the child must too.
+    Read back from the child itself, with a stand-in for the package (compiling one is the slow test's job)."""
+    script = export_mod.LOAD_IN_FRESH_PROCESS.replace("torch._inductor.aoti_load_package(sys.argv[1])",
+                                                      "(lambda x: x * 2)")
+    monkeypatch.setattr(export_mod, "LOAD_IN_FRESH_PROCESS", script)
+    x = torch.randn(2, 3)
+    with policy("fp32").backend_flags():
+        _, logits, flags = export_mod.load_in_fresh_process(tmp_path / "model.pt2", torch.device("cpu"), x)
+    assert flags == {"matmul_tf32": False, "cudnn_tf32": False, "matmul_precision": "highest"}
+    assert torch.equal(logits, x * 2)
+    with policy("tf32").backend_flags():
+        _, _, flags = export_mod.load_in_fresh_process(tmp_path / "model.pt2", torch.device("cpu"), x)
+    assert flags == {"matmul_tf32": True, "cudnn_tf32": True, "matmul_precision": "high"}
+
+
+def test_compilers_and_toolkits_each_gpu_path_needs_are_checked(monkeypatch, tmp_path: Path) -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(machine, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(machine, "c_compiler", lambda: "/usr/bin/gcc")
+    monkeypatch.setattr(machine, "python_headers", lambda: Path("/usr/include/python3/Python.h"))
+    monkeypatch.setattr(machine, "cuda_toolkit", lambda: Path("/usr/local/cuda"))
+    monkeypatch.setattr(machine, "libcuda_loads", lambda: True)
+    assert unmet(SPECS["compiled"], cuda) == [] and unmet(SPECS["aoti"], cuda) == []
+    monkeypatch.setattr(machine, "c_compiler", lambda: None)  # Triton's launcher is C
+    assert "C compiler" in unmet(SPECS["compiled_cudagraphs"], cuda)[0][1]
+    assert unmet(SPECS["compiled"], cpu) == []  # a CPU needs C++ alone
+    monkeypatch.setattr(machine, "python_headers", lambda: None)
+    assert "Python's headers" in unmet(SPECS["compiled"], cuda)[0][1]
+    monkeypatch.setattr(machine, "cuda_toolkit", lambda: None)
+    assert "CUDA toolkit" in unmet(SPECS["aoti"], cuda)[0][1] and unmet(SPECS["aoti"], cpu) == []
+    monkeypatch.setattr(machine, "libcuda_loads", lambda: False)
+    assert "libcuda" in unmet(SPECS["aoti"], cuda)[0][1]
+    # the probes themselves, on this machine: torch's search for a toolkit, Python.h of this interpreter
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda.h").write_text("")
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    assert machine.cuda_toolkit() == tmp_path
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nothing"))
+    assert machine.cuda_toolkit() is None

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from cifar_tune.analysis.stats import mean_ci
-from cifar_tune.bench import median_interval
+from cifar_tune.meters import median_interval
 from cifar_tune.names import SHARING_METRIC
 
 SESSION = "measured_at"  # timing_rounds.csv: when that `cifar-tune time` started (ISO 8601, UTC)

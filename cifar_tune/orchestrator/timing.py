@@ -24,9 +24,9 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cifar_tune.analysis.timing import SESSION, timing_summary
-from cifar_tune.bench import device_name
 from cifar_tune.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, load_data
+from cifar_tune.machine import device_name
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cluster import ray_session
 from cifar_tune.orchestrator.preflight import check_timing_fits, preflight, resolve_precisions

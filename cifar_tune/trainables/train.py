@@ -98,6 +98,15 @@ def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> No
     data_generator.set_state(state["data"])
 
 
+def fused_optimizer(device: torch.device) -> bool | None:
+    """Whether the optimizer runs fused: on CUDA, for every precision alike (the arms compare like with
+    like). Under amp_fp16 it is what keeps the GPU ahead of the host: GradScaler.step hands a fused
+    optimizer its found-inf flag as a tensor, where an unfused one makes it call `.item()`, a host/GPU
+    sync every step (torch/amp/grad_scaler.py, `_maybe_opt_step`). On a CPU there is no such overlap to
+    lose, and the default (foreach) keeps CPU results as they were measured. None: torch's default."""
+    return True if device.type == "cuda" else None
+
+
 class Trainer:
     """Trains AlexNet on CIFAR-10 for one (train, model) config, one epoch per call."""
 
@@ -149,11 +158,12 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
+        fused = fused_optimizer(self.device)
         if c.optimizer == "sgd":
             return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
-                                   nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+                                   nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay, fused=fused)
         return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=(c.momentum, 0.999),
-                                 weight_decay=c.weight_decay)
+                                 weight_decay=c.weight_decay, fused=fused)
 
     def _make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         sched = torch.optim.lr_scheduler
@@ -351,6 +361,8 @@ class Trainer:
         state, best = (_load_checkpoint_file(folder / name) for name in (STATE_FILE, BEST_FILE))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from another device carries its own choice
+            group["fused"] = fused_optimizer(self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.data_generator)
