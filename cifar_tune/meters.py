@@ -68,7 +68,8 @@ class PeakMemory:
     weights alive at the time and grow with the order they were built in.
 
     On CUDA: torch's peak allocation over the block minus its allocation at the start (ONNX Runtime's
-    own arena is not counted); on a CPU: how much the resident set grew."""
+    own arena is not counted); on a CPU: how much the resident set grew. The CUDA arithmetic is tested
+    on a CPU with fake allocator counters; only a GPU shows real numbers."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.mb = device, math.nan

@@ -59,3 +59,10 @@ def test_storage_cost_smoke_test() -> None:
     """Starts moto's S3 server and an embedded Ray in the child process."""
     out = _run("storage_cost.py", "--smoke-test", timeout=600)
     assert "| local | " in out and "| s3 | " in out and "checkpoint folders for 2 trials" in out
+
+
+@pytest.mark.slow
+def test_study_wall_smoke_test() -> None:
+    """Runs the same tiny experiment with exports off and on, each with its own embedded Ray."""
+    out = _run("study_wall.py", "--smoke-test", timeout=600)
+    assert "| exports off |" in out and "| exports on |" in out and "target: exports on at most 1.5x" in out
