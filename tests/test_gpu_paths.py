@@ -351,3 +351,26 @@ def test_compilers_and_toolkits_each_gpu_path_needs_are_checked(monkeypatch, tmp
     assert machine.cuda_toolkit() == tmp_path
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nothing"))
     assert machine.cuda_toolkit() is None
+
+
+def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, monkeypatch) -> None:
+    """Queued when its trial completes; launched once nothing is PENDING, or earlier only where the
+    cluster has room for it beside every pending trial."""
+    config = validate_config({**tiny_raw, "export": {"enabled": True, "cpus": 1}, "resources": {"cpus_per_trial": 1}})
+    hook = export_hook.ExportCallback(config, SearchPlan.of(config))
+    launched = []
+    for name in ("a", "b"):
+        hook.queued.append((name, lambda n=name: launched.append(n) or f"ref-{n}", {"trial_id": name}, 0.0))
+    trial = lambda status: type("Trial", (), {"status": status})()  # noqa: E731
+    free = {"CPU": 1.0}
+    monkeypatch.setattr(ray, "available_resources", lambda: free)
+    hook.launch_ready([trial("RUNNING"), trial("PENDING")], force_check=True)
+    assert launched == []  # the one free CPU is the pending trial's
+    free["CPU"] = 2.0
+    hook.launch_ready([trial("RUNNING"), trial("PENDING")])
+    assert launched == []  # resources are read at most once a second
+    hook.launch_ready([trial("RUNNING"), trial("PENDING")], force_check=True)
+    assert launched == ["a"]  # room for the pending trial and one export, not two
+    hook.launch_ready([trial("RUNNING"), trial("RUNNING")])
+    assert launched == ["a", "b"] and set(hook.pending) == {"a", "b"}  # nothing pending: all go
+    assert hook.pending["b"] == ("ref-b", {"trial_id": "b"}) and not hook.queued

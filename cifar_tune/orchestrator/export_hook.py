@@ -1,6 +1,10 @@
 """The post-trial hook: when a trial completes, a Ray task exports its best weights, checks parity
 and benchmarks the variants (cifar_tune.bench), while the experiment carries on.
 
+An export never takes a slot a pending trial could use: it is queued when its trial completes and
+launched once no trial is PENDING, or earlier where the cluster has room for it beside every pending
+trial (cores the trials leave idle).
+
 Tune runs callbacks inside its driver loop, so the callback only *launches* the task and keeps
 its ObjectRef; blocking there (ray.get) while trials hold every CPU would stall Tune for good.
 `on_experiment_end` waits for what is still running, at most `export.timeout_s`, and writes
@@ -14,9 +18,11 @@ writes the trial's export/ files back there, so it may run on any node of a clus
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +105,9 @@ class ExportCallback(tune.Callback):
         self._loaded = data  # the experiment's data when the caller has it; else read on first need
         self._data_ref: Any = None
         self.pending: dict[str, tuple[Any, dict[str, Any]]] = {}  # trial id -> (ObjectRef, row keys)
+        # Exports waiting for room that no pending trial needs: (trial id, launch(), row keys, GPU share).
+        self.queued: list[tuple[str, Any, dict[str, Any], float]] = []
+        self._checked_at = -math.inf
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
 
@@ -113,6 +122,7 @@ class ExportCallback(tune.Callback):
         self.config = ExperimentConfig.model_validate(_plain(state["config"]), context={"saved": True})
         self.search_columns = list(state["search_columns"])
         self._loaded, self._data_ref, self.pending, self.outcomes = None, None, {}, {}
+        self.queued, self._checked_at = [], -math.inf
         self.experiment_dir = None
 
     def _data(self) -> Any:
@@ -136,13 +146,42 @@ class ExportCallback(tune.Callback):
         export = self.config.export
         gpus = export_gpus(self.config)
         task = export_on_gpu if gpus > 0 else export_on_cpu
-        ref = task.options(num_cpus=export.cpus, num_gpus=gpus).remote(
+        launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
             checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
             self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed,
             train.get("seed") == self.config.debug.crash_export_seed)
-        self.pending[trial.trial_id] = (ref, row)
+        self.queued.append((trial.trial_id, launch, row, gpus))
+        self.launch_ready(trials, force_check=True)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self.launch_ready(trials)
+
+    def launch_ready(self, trials: list, force_check: bool = False) -> None:
+        """Launch the queued exports that cannot hold a trial back: all of them once no trial is
+        PENDING; before that, only where the cluster has room for the export *and* for every pending
+        trial at once (cores the trials leave idle). Resources are read at most once a second."""
+        if not self.queued:
+            return
+        pending = [t for t in trials if t.status == "PENDING"]
+        if pending:
+            now = time.monotonic()
+            if not force_check and now - self._checked_at < 1.0:
+                return
+            self._checked_at = now
+            free = ray.available_resources()
+            cpus = free.get("CPU", 0.0) - len(pending) * self.config.resources.cpus_per_trial
+            gpus = free.get("GPU", 0.0) - len(pending) * self.config.resources.gpus_per_trial
+        while self.queued:
+            trial_id, launch, row, export_gpu = self.queued[0]
+            if pending:
+                if cpus < self.config.export.cpus or gpus < export_gpu:
+                    return
+                cpus, gpus = cpus - self.config.export.cpus, gpus - export_gpu
+            self.queued.pop(0)
+            self.pending[trial_id] = (launch(), row)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.launch_ready([])  # nothing is pending any more: whatever still waits goes now
         self.collect(self.config.export.timeout_s)
         if self.experiment_dir is not None:
             self.write(self.experiment_dir)
