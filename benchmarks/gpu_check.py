@@ -93,9 +93,9 @@ def check_env(device: str | None = None, variants: list[str] | None = None) -> l
     """One row per requirement of each part: {"part", "need", "ok", "detail"}. Imports packages to see
     them (a package present but broken counts as missing); probes compilers, the CUDA toolkit and
     ONNX Runtime's providers through cifar_tune.machine, by building a session, not by listing."""
-    rows = []
+    rows, missing = [], {}
     for module, (pip_name, part) in {**PACKAGES, **OPTIONAL}.items():
-        problem = _imports(module)
+        problem = missing[module] = _imports(module)
         rows.append({"part": part, "need": f"python package {pip_name}", "ok": problem is None,
                      "optional": module in OPTIONAL, "detail": problem or "imports"})
     if torch is None:
@@ -112,7 +112,7 @@ def check_env(device: str | None = None, variants: list[str] | None = None) -> l
         return rows
     rows.append({"part": "everything", "need": f"device {device}", "ok": True, "optional": False,
                  "detail": device_name(device)})
-    onnx_missing = [PACKAGES[m][0] for m in ("onnx", "onnxscript", "onnxruntime") if _imports(m) is not None]
+    onnx_missing = [PACKAGES[m][0] for m in ("onnx", "onnxscript", "onnxruntime") if missing[m] is not None]
     for name in variants or default_variants():
         problems = unmet(SPECS[name], device)
         if not problems and SPECS[name].runtime == "ONNX Runtime" and onnx_missing:
@@ -520,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="deployment variants, comma-separated (default: the registry's "
                                            "gpu-check list: all but compiled_max_autotune, minutes of kernel search)")
     args = parser.parse_args(argv)
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, not {args.budget_s:g}")
+    if args.variants and torch is not None:
+        from cifar_tune.variants import VARIANTS
+
+        if unknown := [v for v in args.variants.split(",") if v not in VARIANTS]:
+            parser.error(f"--variants: unknown {', '.join(map(repr, unknown))}; known: {', '.join(VARIANTS)}")
     if args.check_env:
         rows = check_env(args.device, args.variants.split(",") if args.variants else None)
         print(env_report(rows))

@@ -74,6 +74,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke-test", action="store_true", help="one quick round on generated data")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file")
     warnings.simplefilter("ignore")
     scratch = tempfile.TemporaryDirectory(prefix="study-wall-")
     if args.smoke_test:

@@ -125,6 +125,7 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
                                                settings.variants, deadline)
     reference = logits_of(variants[0], images)
     parity_rows = []
+    at_inference: set[str] = set()
     for variant in list(variants):
         # A variant that fails at inference (an engine build, out of memory, a graph replay) loses its
         # own rows only: it is recorded with its error and left out of the timing.
@@ -132,10 +133,11 @@ def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.M
             parity_rows.append(parity(variant, images, test_y, reference, settings))
         except Exception as exc:
             failed[variant.name] = f"failed at inference: {short_error(exc)}"
+            at_inference.add(variant.name)
             variants.remove(variant)
             recover_after_failure(variant.device)
-    parity_rows += [{"variant": name, "status": "inference_failed" if reason.startswith("failed at inference")
-                     else "export_failed", "reason": reason} for name, reason in failed.items()]
+    parity_rows += [{"variant": name, "status": "inference_failed" if name in at_inference else "export_failed",
+                     "reason": reason} for name, reason in failed.items()]
     parity_rows += [{"variant": name, "status": "skipped", "reason": reason} for name, reason in skipped.items()]
     status = {row["variant"]: row["status"] for row in parity_rows}
     change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}

@@ -43,6 +43,7 @@ from cifar_tune.names import (
     REFERENCE_VARIANT,
     TORCHSCRIPT_FILE,
 )
+from cifar_tune.precision import math_flags
 from cifar_tune.variants import DEVICE_NEEDS, REGISTRY, VariantSpec
 
 
@@ -300,12 +301,6 @@ print(json.dumps({"seconds": seconds, "flags": {"matmul_tf32": torch.backends.cu
 """
 
 
-def math_flags() -> dict[str, Any]:
-    """This process's TF32 switches, which a fresh process must copy to compute the same logits."""
-    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_precision": torch.get_float32_matmul_precision()}
-
-
 def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
     """Load a model.pt2 in a new Python process, as a deployment would, and run `x` through it with
     this process's TF32 switches (cuDNN's default is TF32 on, the benchmark's fp32 is strict): (seconds to
@@ -399,17 +394,17 @@ class _Artifacts:
         self.model, self.out_dir, self.device, self.calibration = model, out_dir, device, calibration
         self.made: dict[str, Path | Exception] = {}
         self.seconds = 0.0  # spent making files since the last reset: the build_s of the variant that needed them
+        self.savers = {TORCHSCRIPT_FILE: lambda p: save_torchscript(self.model, p),
+                       AOTI_FILE: lambda p: save_aoti(self.model, p, self.device),
+                       ONNX_FILE: lambda p: save_onnx(self.model, p),
+                       ONNX_FP16_FILE: lambda p: save_onnx_fp16(self.path(ONNX_FILE), p),
+                       ONNX_INT8_FILE: lambda p: save_onnx_int8(self.path(ONNX_FILE), p, self.calibration)}
 
     def path(self, name: str) -> Path:
         if name not in self.made:
-            savers = {TORCHSCRIPT_FILE: lambda p: save_torchscript(self.model, p),
-                      AOTI_FILE: lambda p: save_aoti(self.model, p, self.device),
-                      ONNX_FILE: lambda p: save_onnx(self.model, p),
-                      ONNX_FP16_FILE: lambda p: save_onnx_fp16(self.path(ONNX_FILE), p),
-                      ONNX_INT8_FILE: lambda p: save_onnx_int8(self.path(ONNX_FILE), p, self.calibration)}
             start = time.perf_counter()
             try:
-                self.made[name] = savers[name](self.out_dir / name)
+                self.made[name] = self.savers[name](self.out_dir / name)
             except ExportError as exc:
                 self.made[name] = exc
             except Exception as exc:
@@ -444,9 +439,14 @@ def _eager_autocast(b: _Build) -> Variant:
     return EagerVariant(b.spec.name, b.fresh_model(), b.device, b.spec.precision, channels_last=True)
 
 
+def _ort(b: _Build, device: torch.device | None = None, **kwargs: Any) -> OrtVariant:
+    """The spec's ONNX file in ONNX Runtime, named and toleranced as the registry says."""
+    return OrtVariant(b.spec.name, b.spec.precision, b.files.path(b.spec.file), device or b.device, b.threads,
+                      **kwargs)
+
+
 def _tensorrt_variant(b: _Build) -> OrtVariant:
-    variant = OrtVariant("tensorrt", "fp16", b.files.path(ONNX_FILE), b.device, b.threads, tensorrt=True,
-                         tensorrt_fp16=True)
+    variant = _ort(b, tensorrt=True, tensorrt_fp16=True)
     if variant.runtime != "TensorrtExecutionProvider":  # the provider declined the graph
         raise ExportError(f"the TensorRT provider did not take the model (runs on {variant.runtime})")
     return variant
@@ -458,17 +458,15 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
     "eager_channels_last": lambda b: EagerVariant(b.spec.name, b.fresh_model(), b.device, channels_last=True),
     "eager_bf16": _eager_autocast,
     "eager_fp16": _eager_autocast,
-    "torchscript": lambda b: TorchScriptVariant(b.files.path(TORCHSCRIPT_FILE), b.device),
+    "torchscript": lambda b: TorchScriptVariant(b.files.path(b.spec.file), b.device),
     "compiled": _compiled,
     "compiled_frozen": _compiled,
     "compiled_max_autotune": _compiled,
     "compiled_cudagraphs": _compiled,
-    "aoti": lambda b: _aoti_variant(b.model, b.files.path(AOTI_FILE), b.device),
-    "onnx_fp32": lambda b: OrtVariant("onnx_fp32", "fp32", b.files.path(ONNX_FILE), b.device, b.threads, b.tensorrt),
-    "onnx_fp16": lambda b: OrtVariant("onnx_fp16", "fp16", b.files.path(ONNX_FP16_FILE), b.device, b.threads,
-                                      b.tensorrt),
-    "onnx_int8": lambda b: OrtVariant("onnx_int8", "int8", b.files.path(ONNX_INT8_FILE), torch.device("cpu"),
-                                      b.threads),
+    "aoti": lambda b: _aoti_variant(b.model, b.files.path(b.spec.file), b.device),
+    "onnx_fp32": lambda b: _ort(b, tensorrt=b.tensorrt),
+    "onnx_fp16": lambda b: _ort(b, tensorrt=b.tensorrt),
+    "onnx_int8": lambda b: _ort(b, torch.device("cpu")),  # cpu_only in the registry: ONNX Runtime's CPU kernels
     "tensorrt": _tensorrt_variant,
 }
 

@@ -36,14 +36,13 @@ class PrecisionPolicy:
     @contextlib.contextmanager
     def backend_flags(self) -> Iterator[None]:
         """This precision's TF32 switches for the block, the process's own restored afterwards."""
-        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                 torch.get_float32_matmul_precision())
+        saved = math_flags()
         self.apply_backend_flags()
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
-            torch.set_float32_matmul_precision(saved[2])
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved["matmul_tf32"], saved["cudnn_tf32"]
+            torch.set_float32_matmul_precision(saved["matmul_precision"])
 
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -53,6 +52,13 @@ class PrecisionPolicy:
     def make_scaler(self, device_type: str) -> torch.amp.GradScaler:
         # A disabled scaler is a no-op whose state_dict still round-trips, so the loop has one code path.
         return torch.amp.GradScaler(device_type, enabled=self.grad_scaler)
+
+
+def math_flags() -> dict[str, bool | str]:
+    """The process's TF32 switches: what `backend_flags` restores, and what a fresh process must copy
+    to compute the same numbers (cifar_tune.export's AOTInductor check)."""
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_precision": torch.get_float32_matmul_precision()}
 
 
 POLICIES = {
