@@ -7,36 +7,49 @@ predicted class, max / mean absolute logit difference. fp32 variants must agree 
 `max_accuracy_drop_pp` points. Outside that: `parity_failed`, and never the "fastest variant".
 
 Latency comes from cifar_tune.meters (interleaved rounds, p50 with a 95% interval, the memory the
-calls needed), provenance from cifar_tune.machine; per variant also the load time and the artifact's
-file size. A variant that fails at inference loses its own rows only (`inference_failed`).
+calls needed; speedup over eager fp32 in the same session with a bootstrap interval), provenance
+from cifar_tune.machine; per variant also the load time and the artifact's file size. A variant
+that fails at inference loses its own rows only (`inference_failed`).
+
+Parity depends on the weights, latency does not: the post-trial hook checks every trial
+(`bench_checkpoint(timed=False)`) and times one trial's files once, alone (`time_export`);
+`cifar-tune bench` does both for one checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cifar_tune.config import DataConfig, ExportConfig, load_saved_config
 from cifar_tune.data import MEAN, STD, DataError, batches_dir, load_data, normalize, torchvision_cifar10
 from cifar_tune.errors import CifarTuneError, short_error
-from cifar_tune.export import Variant, build_variants, load_best_model
+from cifar_tune.export import Variant, aoti_key, build_variants, load_best_model
 from cifar_tune.machine import device_name, environment
-from cifar_tune.meters import measure_latencies, recover_after_failure
+from cifar_tune.meters import measure_latencies, median_ratio_interval, recover_after_failure
 from cifar_tune.names import (
+    AOTI_FILE,
     BENCH_FILE,
     BEST_FILE,
     CHECKPOINT_GLOB,
     CONFIG_FILE,
     EXPORT_DIR,
     PARITY_FILE,
+    REFERENCE_VARIANT,
     TRIAL_PARAMS_FILE,
 )
 from cifar_tune.precision import policy
+
+if TYPE_CHECKING:  # only handed in: the GPU box's gpu_check runs bench without pandas or pyarrow
+    from cifar_tune.storage import Location
 
 # --------------------------------------------------------------------------- parity
 
@@ -95,73 +108,143 @@ def end_to_end(variants: list[Variant], data_root: str | None, batch_size: int =
 # --------------------------------------------------------------------------- one checkpoint
 
 
-def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: torch.Tensor, test_y: torch.Tensor,
-                     calibration_x: torch.Tensor, settings: ExportConfig, device: torch.device | None = None,
-                     threads: int | None = None, data_root: str | None = None,
-                     deadline: float | None = None) -> dict[str, Any]:
-    """Export, check and time one checkpoint's best weights; write parity.json and bench.json into
-    out_dir and return {"parity": [...], "bench": [...], "end_to_end": [...], "failed": {...}}.
-    `deadline` (time.monotonic()): variants that no longer fit before it are skipped, saying so."""
+def _loaded(checkpoint_dir: str | Path, device: torch.device | None, threads: int | None,
+            settings: ExportConfig) -> tuple[torch.nn.Module, dict[str, Any], torch.device, int]:
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = threads or settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
     model, meta = load_best_model(checkpoint_dir)
-    channels_last = False
-    images = normalize(test_x, channels_last)
-    calibration = normalize(calibration_x[: settings.calibration_images], channels_last)
+    return model, meta, device, threads
+
+
+def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: torch.Tensor, test_y: torch.Tensor,
+                     calibration_x: torch.Tensor, settings: ExportConfig, device: torch.device | None = None,
+                     threads: int | None = None, data_root: str | None = None,
+                     deadline: float | None = None, timed: bool = True,
+                     aoti_cache: Location | None = None) -> dict[str, Any]:
+    """Export and check one checkpoint's best weights, and time them unless `timed` is False; write
+    parity.json and bench.json into out_dir and return {"parity": [...], "variants": [one row per
+    variant], "bench": [per variant x batch size, with latency; empty untimed], "end_to_end": [...],
+    "failed": {...}}. Untimed is the post-trial hook's share: latency does not depend on the weights,
+    so the hook times one trial's export once, alone (`time_export`). `deadline` (time.monotonic()):
+    variants that no longer fit before it are skipped, saying so. `aoti_cache`: a folder of compiled
+    AOTInductor packages shared by an experiment's trials (`shared_aoti_package`)."""
+    model, meta, device, threads = _loaded(checkpoint_dir, device, threads, settings)
+    out_dir = Path(out_dir)
+    images = normalize(test_x, channels_last=False)
+    calibration = normalize(calibration_x[: settings.calibration_images], channels_last=False)
     # Strict fp32 while building and timing: on CUDA, cuDNN's TF32 is on by default, which would run
     # the "fp32" rows (and the parity reference) in TF32. Autocast variants are unaffected.
-    with policy("fp32").backend_flags():
-        return _bench_variants(checkpoint_dir, out_dir, model, meta, images, test_y, calibration, settings, device,
-                               threads, data_root, deadline)
+    with policy("fp32").backend_flags(), shared_aoti_package(aoti_cache, device, model) as template:
+        variants, failed, skipped = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt,
+                                                   settings.variants, deadline, aoti_template=template)
+        if aoti_cache is not None and template is None and any(v.file == out_dir / AOTI_FILE for v in variants):
+            publish_aoti_package(aoti_cache, aoti_key(device, model), out_dir / AOTI_FILE)
+        parity_rows = check_parity(variants, failed, skipped, images, test_y, settings)
+        env = environment(threads, device)
+        status = {row["variant"]: row for row in parity_rows}
+        variant_rows = [{"variant": v.name, "variant_precision": v.precision, "runtime": v.runtime,
+                         "device": str(v.device), "device_name": device_name(v.device), "load_s": v.load_s,
+                         "build_s": v.build_s, "file_mb": v.file.stat().st_size / 1e6 if v.file is not None else math.nan,
+                         "parity": status[v.name]["status"], "accuracy_change_pp": status[v.name].get("accuracy_change_pp"),
+                         "agreement": status[v.name].get("agreement"), **env} for v in variants]
+        timing = (time_variants(variants, settings, threads, device, data_root, "with this checkpoint's export")
+                  if timed else {"bench": [], "end_to_end": []})
+    by_name = {row["variant"]: row for row in variant_rows}
+    bench_rows = [{**by_name[row["variant"]], **row} for row in timing["bench"]]
+    summary = {"checkpoint": str(checkpoint_dir), "best_val_acc": meta.get("val_acc"),
+               "best_epoch": meta.get("epoch"), "trained_precision": meta.get("precision"),
+               "device_name": device_name(device), **env}
+    (out_dir / PARITY_FILE).write_text(json.dumps({**summary, "variants": parity_rows}, indent=2))
+    (out_dir / BENCH_FILE).write_text(json.dumps({**summary, "variants": variant_rows, "results": bench_rows,
+                                                  "end_to_end": timing["end_to_end"]}, indent=2))
+    return {"parity": parity_rows, "variants": variant_rows, "bench": bench_rows, "end_to_end": timing["end_to_end"],
+            "failed": failed}
 
 
-def _bench_variants(checkpoint_dir: str | Path, out_dir: Path, model: torch.nn.Module, meta: dict[str, Any],
-                    images: torch.Tensor, test_y: torch.Tensor, calibration: torch.Tensor, settings: ExportConfig,
-                    device: torch.device, threads: int, data_root: str | None,
-                    deadline: float | None) -> dict[str, Any]:
-    variants, failed, skipped = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt,
-                                               settings.variants, deadline)
+@contextlib.contextmanager
+def shared_aoti_package(cache: Location | None, device: torch.device, model: torch.nn.Module) -> Iterator[Path | None]:
+    """The compiled AOTInductor package of this model's `aoti_key` that another trial left in
+    `cache`, as a local file while the block runs; None when there is none (or no cache). Compiling
+    it again would only bake other weights into the same code: inductor's own caches cannot help, as
+    an AOT package's cache key hashes its constants' values (torch/_inductor/codecache.py,
+    `_reduce_tensor`)."""
+    key = aoti_key(device, model) if cache is not None else ""
+    if cache is None or not cache.is_file(key):
+        yield None
+        return
+    if cache.is_local:
+        yield cache.local_path / key
+        return
+    with tempfile.TemporaryDirectory(prefix="cifar-tune-aoti-") as folder:
+        path = Path(folder) / key
+        path.write_bytes(cache.read_bytes(key))
+        yield path
+
+
+def publish_aoti_package(cache: Location, key: str, package: Path) -> None:
+    """Offer a package this trial compiled to the trials after it, unless one is there already
+    (two at once both write: each is whole, either serves; Location writes atomically)."""
+    if not cache.is_file(key):
+        cache.write_bytes(key, package.read_bytes())
+
+
+def check_parity(variants: list[Variant], failed: dict[str, str], skipped: dict[str, str], images: torch.Tensor,
+                 labels: torch.Tensor, settings: ExportConfig) -> list[dict[str, Any]]:
+    """Parity of every built variant against the first (eager fp32), plus a row per variant that
+    failed or was skipped. A variant that fails at inference (an engine build, out of memory, a graph
+    replay) loses its own rows only: it is recorded with its error and removed from `variants`."""
     reference = logits_of(variants[0], images)
-    parity_rows = []
+    rows = []
     at_inference: set[str] = set()
     for variant in list(variants):
-        # A variant that fails at inference (an engine build, out of memory, a graph replay) loses its
-        # own rows only: it is recorded with its error and left out of the timing.
         try:
-            parity_rows.append(parity(variant, images, test_y, reference, settings))
+            rows.append(parity(variant, images, labels, reference, settings))
         except Exception as exc:
             failed[variant.name] = f"failed at inference: {short_error(exc)}"
             at_inference.add(variant.name)
             variants.remove(variant)
             recover_after_failure(variant.device)
-    parity_rows += [{"variant": name, "status": "inference_failed" if name in at_inference else "export_failed",
-                     "reason": reason} for name, reason in failed.items()]
-    parity_rows += [{"variant": name, "status": "skipped", "reason": reason} for name, reason in skipped.items()]
-    status = {row["variant"]: row["status"] for row in parity_rows}
-    change = {row["variant"]: (row.get("accuracy_change_pp"), row.get("agreement")) for row in parity_rows}
+    rows += [{"variant": name, "status": "inference_failed" if name in at_inference else "export_failed",
+              "reason": reason} for name, reason in failed.items()]
+    rows += [{"variant": name, "status": "skipped", "reason": reason} for name, reason in skipped.items()]
+    return rows
 
+
+def time_variants(variants: list[Variant], settings: ExportConfig, threads: int, device: torch.device,
+                  data_root: str | None, method: str) -> dict[str, Any]:
+    """Latency of every variant at every batch size, interleaved (cifar_tune.meters), and each one's
+    speedup over eager fp32 at the same batch size in the same session: the ratio of the p50s with a
+    bootstrap 95% interval. `method` says where it was measured (`latency_method` in every row).
+    Returns {"bench": rows per variant x batch size, "end_to_end": [...]}."""
     env = environment(threads, device)
-    latencies = measure_latencies(variants, settings.batch_sizes, settings)
-    bench_rows = []
+    latencies = measure_latencies(variants, settings.batch_sizes, settings, with_times=True)
+    rows = []
     for variant in variants:
         for batch_size in settings.batch_sizes:
-            row = {"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
-                   "device": str(variant.device), "device_name": device_name(variant.device),
-                   "load_s": variant.load_s, "build_s": variant.build_s,
-                   "file_mb": variant.file.stat().st_size / 1e6 if variant.file is not None else math.nan,
-                   "parity": status[variant.name], "accuracy_change_pp": change[variant.name][0],
-                   "agreement": change[variant.name][1], **env, **latencies[(variant.name, batch_size)]}
-            bench_rows.append(row)
-    e2e = end_to_end(variants, data_root) if settings.end_to_end else []
+            measured = dict(latencies[(variant.name, batch_size)])
+            times = measured.pop("times_s", None)
+            eager = latencies.get((REFERENCE_VARIANT, batch_size), {}).get("times_s")
+            ratio = median_ratio_interval(eager, times) if times and eager else (math.nan, math.nan, math.nan)
+            rows.append({"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
+                         "device": str(variant.device), "device_name": device_name(variant.device), **env,
+                         **measured, "speedup": ratio[0], "speedup_ci_low": ratio[1], "speedup_ci_high": ratio[2],
+                         "latency_method": method})
+    return {"bench": rows, "end_to_end": end_to_end(variants, data_root) if settings.end_to_end else []}
 
-    summary = {"checkpoint": str(checkpoint_dir), "best_val_acc": meta.get("val_acc"),
-               "best_epoch": meta.get("epoch"), "trained_precision": meta.get("precision"),
-               "device_name": device_name(device), **env}
-    (out_dir / PARITY_FILE).write_text(json.dumps({**summary, "variants": parity_rows}, indent=2))
-    (out_dir / BENCH_FILE).write_text(json.dumps({**summary, "results": bench_rows, "end_to_end": e2e}, indent=2))
-    return {"parity": parity_rows, "bench": bench_rows, "end_to_end": e2e, "failed": failed}
+
+def time_export(checkpoint_dir: str | Path, export_dir: str | Path, settings: ExportConfig, names: list[str],
+                method: str, device: torch.device | None = None, threads: int | None = None,
+                data_root: str | None = None, aoti_cache: Location | None = None) -> dict[str, Any]:
+    """Time the variants `names` of an export made earlier by `bench_checkpoint(timed=False)`: from
+    its files where it has them (nothing is exported again; the torch.compile forms, which have no
+    file, compile again from the best weights). What the post-trial hook runs once per experiment,
+    on a node to itself. Returns time_variants' {"bench", "end_to_end"} plus {"failed": {...}}."""
+    model, _, device, threads = _loaded(checkpoint_dir, device, threads, settings)
+    with policy("fp32").backend_flags(), shared_aoti_package(aoti_cache, device, model) as template:
+        variants, failed, _ = build_variants(model, Path(export_dir), device, torch.empty(0, 3, 32, 32), threads,
+                                             settings.tensorrt, names, reuse_files=True, aoti_template=template)
+        return {**time_variants(variants, settings, threads, device, data_root, method), "failed": failed}
 
 
 # --------------------------------------------------------------------------- a path from the CLI

@@ -36,6 +36,7 @@ from cifar_tune.machine import ort_provider_loads, unmet
 from cifar_tune.models import AlexNet, build_model
 from cifar_tune.names import (
     AOTI_FILE,
+    AOTI_WEIGHTS_FILE,
     BEST_FILE,
     ONNX_FILE,
     ONNX_FP16_FILE,
@@ -140,10 +141,10 @@ class TorchScriptVariant(Variant):
 
 class CompiledVariant(Variant):
     """torch.compile of the eager model (inductor). Compilation happens at the first call, so the
-    constructor makes the calls that compile and records them as `build_s`: batch 1, then batch 2,
-    at which dynamo recompiles once with a dynamic batch dimension that serves every larger batch.
-    (Without the second call that recompile would land in whatever ran next, such as the parity pass,
-    and be timed nowhere.)
+    constructor makes the calls that compile and records them as `build_s`: batch 1, batch 2 (dynamo
+    recompiles with a dynamic batch dimension) and batch 64 (on torch 2.14's CPU the convolution's
+    shape rules split that dimension at 16, so larger batches compile once more). Without them those
+    recompiles would land in whatever ran next, such as the parity pass, and be timed nowhere.
 
     `freezing` treats the weights as constants, as inductor's CPU inference guide recommends:
     batch norm folds into the convolutions and, on a CPU, every convolution runs in oneDNN on
@@ -168,16 +169,20 @@ class CompiledVariant(Variant):
         self.traced_shapes: set[torch.Size] = set()
         self.load_s = time.perf_counter() - start
         start = time.perf_counter()
-        for batch in (1, 2):
+        for batch in (1, 2, 64):
             self.run(self.prepare(torch.randn(batch, 3, 32, 32)))
         self.sync()
         self.build_s = time.perf_counter() - start
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.freezing and x.shape not in self.traced_shapes:
-            # A new batch size may trace again. Only then: the patch costs ~30 us, a tenth of a small GPU call.
-            with torch._inductor.config.patch(freezing=True):
+        if x.shape not in self.traced_shapes:
+            # A new batch size may trace again. Only then: a patch costs ~30 us, a tenth of a small GPU call.
+            # Every compiled copy of AlexNet shares one code object (forward), and dynamo's default limit
+            # of 8 graphs per code object is less than 4 variants x 3 shape ranges: past it dynamo runs
+            # eager under this variant's name, silently. A higher limit, and a hard failure beyond it.
+            with torch._inductor.config.patch(freezing=self.freezing), \
+                    torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
                 out = self.model(x)
             self.traced_shapes.add(x.shape)
         else:
@@ -186,13 +191,30 @@ class CompiledVariant(Variant):
         return out.clone() if self.reuses_output else out
 
 
-class AotiVariant(Variant):
-    """model.pt2 (AOTInductor): a compiled shared library plus weights, run without Python tracing."""
+RECOMPILE_LIMIT = 32  # graphs dynamo may keep for AlexNet.forward in one process (CompiledVariant.run)
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+
+class AotiVariant(Variant):
+    """model.pt2 (AOTInductor): a compiled shared library plus weights, run without Python tracing.
+
+    With `weights`, the package was compiled for another trial of the same architecture and runs
+    these weights instead: AOTInductor keeps every parameter and batch-norm statistic as a constant
+    named by its state-dict key, which `load_constants` replaces in place (AOTICompiledModel in
+    torch/export/pt2_archive/_package.py; constants it folded are folded again on the next run)."""
+
+    def __init__(self, path: Path, device: torch.device, weights: dict[str, torch.Tensor] | None = None,
+                 weights_file: Path | None = None) -> None:
         super().__init__("aoti", "fp32", device, "torch")
+        start = time.perf_counter()
         self.runner = torch._inductor.aoti_load_package(str(path))
-        self.file = path
+        if weights is not None:
+            names = [n for n in self.runner.get_constant_fqns() if not n.startswith("_FOLDED_CONST_")]
+            missing = [n for n in names if n not in weights]
+            if missing:
+                raise ExportError(f"{path.name} expects constants this model lacks: {', '.join(missing[:3])}")
+            self.runner.load_constants({n: weights[n].to(device).contiguous() for n in names}, check_full_update=True)
+        self.load_s = time.perf_counter() - start
+        self.file = weights_file or path
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,6 +351,27 @@ def _aoti_variant(model: torch.nn.Module, path: Path, device: torch.device) -> A
     return variant
 
 
+def aoti_key(device: torch.device, model: torch.nn.Module) -> str:
+    """What a compiled AOTInductor package holds only for: the device kind it generated code for (a
+    GPU's compute capability, a CPU's vector instruction set), the torch version, the architecture
+    (with or without batch norm). Packages with the same key differ only in their weights."""
+    if device.type == "cuda":
+        arch = "sm{}{}".format(*torch.cuda.get_device_capability(device))
+    else:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        arch = str(pick_vec_isa()) or "scalar"
+    norm = "bn" if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) else "nobn"
+    return f"aoti-{device.type}-{arch}-torch{torch.__version__}-{norm}.pt2".replace("+", "_")
+
+
+def aoti_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's constants as an AOTInductor package names them: its state dict without batch
+    norm's `num_batches_tracked`, which the eval-mode graph never reads (so no package holds it)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
 def save_onnx(model: torch.nn.Module, path: Path) -> Path:
     """fp32 ONNX with a dynamic batch dimension, in one self-contained file, checked by onnx.checker."""
     import onnx
@@ -390,9 +433,15 @@ class _Artifacts:
     """The export files, each made at most once (model.onnx feeds onnx_fp32, onnx_fp16, onnx_int8 and
     tensorrt), timed; a file that failed to make fails every variant that needs it, with its reason."""
 
-    def __init__(self, model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor) -> None:
+    def __init__(self, model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
+                 reuse: bool = False) -> None:
         self.model, self.out_dir, self.device, self.calibration = model, out_dir, device, calibration
+        # reuse: files already in out_dir are taken as they are (timing an export made earlier)
         self.made: dict[str, Path | Exception] = {}
+        if reuse:
+            self.made = {name: out_dir / name for name in (TORCHSCRIPT_FILE, AOTI_FILE, AOTI_WEIGHTS_FILE, ONNX_FILE,
+                                                           ONNX_FP16_FILE, ONNX_INT8_FILE) if (out_dir / name).is_file()}
+        self.reused = set(self.made)
         self.seconds = 0.0  # spent making files since the last reset: the build_s of the variant that needed them
         self.savers = {TORCHSCRIPT_FILE: lambda p: save_torchscript(self.model, p),
                        AOTI_FILE: lambda p: save_aoti(self.model, p, self.device),
@@ -426,6 +475,7 @@ class _Build:
     threads: int
     tensorrt: bool
     files: _Artifacts
+    aoti_template: Path | None = None
 
     def fresh_model(self) -> torch.nn.Module:
         return copy.deepcopy(self.model)
@@ -443,6 +493,24 @@ def _ort(b: _Build, device: torch.device | None = None, **kwargs: Any) -> OrtVar
     """The spec's ONNX file in ONNX Runtime, named and toleranced as the registry says."""
     return OrtVariant(b.spec.name, b.spec.precision, b.files.path(b.spec.file), device or b.device, b.threads,
                       **kwargs)
+
+
+def _aoti(b: _Build) -> AotiVariant:
+    """This trial's package (compiled now, or made earlier and reused: it passed its fresh-process
+    check then), or, given `aoti_template` (a package of the same `aoti_key`, compiled for another
+    trial), that package with this trial's weights swapped in, which compiles nothing: the trial's
+    artifact is then its weights, model.aoti_weights.pt, to load into that package."""
+    if b.spec.file in b.files.reused:
+        return AotiVariant(b.files.path(b.spec.file), b.device)
+    if b.aoti_template is None:
+        return _aoti_variant(b.model, b.files.path(b.spec.file), b.device)
+    start = time.perf_counter()
+    weights, path = aoti_weights(b.model), b.files.out_dir / AOTI_WEIGHTS_FILE
+    if AOTI_WEIGHTS_FILE not in b.files.reused:
+        torch.save(weights, path)
+    variant = AotiVariant(b.aoti_template, b.device, weights, path)
+    variant.build_s = time.perf_counter() - start
+    return variant
 
 
 def _tensorrt_variant(b: _Build) -> OrtVariant:
@@ -463,7 +531,7 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
     "compiled_frozen": _compiled,
     "compiled_max_autotune": _compiled,
     "compiled_cudagraphs": _compiled,
-    "aoti": lambda b: _aoti_variant(b.model, b.files.path(b.spec.file), b.device),
+    "aoti": lambda b: _aoti(b),
     "onnx_fp32": lambda b: _ort(b, tensorrt=b.tensorrt),
     "onnx_fp16": lambda b: _ort(b, tensorrt=b.tensorrt),
     "onnx_int8": lambda b: _ort(b, torch.device("cpu")),  # cpu_only in the registry: ONNX Runtime's CPU kernels
@@ -473,7 +541,8 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
 
 def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
                    threads: int, tensorrt: bool = False, wanted: list[str] | None = None,
-                   deadline: float | None = None) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
+                   deadline: float | None = None, reuse_files: bool = False, aoti_template: Path | None = None,
+                   ) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
     """Write the export files into out_dir. Returns every variant that could be built on `device`,
     {name: reason} of those that failed to build (an export exception is recorded, not raised), and
     {name: reason} of those skipped because this device or installation cannot run them.
@@ -482,9 +551,15 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     rules out (a CUDA-only one on a CPU, autocast the CPU emulates) is listed as skipped only when asked
     for by name; a gap in the installation (no compiler, no provider that loads) always is. `deadline`
     (time.monotonic()): a variant whose `build_estimate_s` no longer fits before it is skipped, saying
-    so. The reference (eager fp32) is always built."""
+    so. The reference (eager fp32) is always built. `reuse_files`: export files already in out_dir
+    are loaded, not made again (the torch.compile forms, which have no file, compile again).
+    `aoti_template`: a package of this model's `aoti_key` to swap the weights into instead of compiling."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = _Artifacts(model, out_dir, device, calibration)
+    files = _Artifacts(model, out_dir, device, calibration, reuse_files)
+    if any(builder is _compiled and (wanted is None or name in wanted) for name, builder in BUILDERS.items()):
+        # A worker reused for the next trial's export still holds the last one's compiled graphs, which
+        # count toward dynamo's recompile limit; inductor's on-disk cache still serves their code.
+        torch._dynamo.reset()
     variants: list[Variant] = []
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -504,7 +579,7 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
             continue
         files.seconds = 0.0
         try:
-            variant = BUILDERS[spec.name](_Build(spec, model, device, threads, tensorrt, files))
+            variant = BUILDERS[spec.name](_Build(spec, model, device, threads, tensorrt, files, aoti_template))
         except Exception as exc:  # one broken variant must not stop the others
             if reference:
                 raise

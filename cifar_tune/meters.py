@@ -50,6 +50,22 @@ def percentile_or_nan(times: list[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(times, q)) if len(times) >= round(1 / (1 - q / 100)) else math.nan
 
 
+def median_ratio_interval(baseline: list[float] | np.ndarray, times: list[float] | np.ndarray,
+                          confidence: float = 0.95, resamples: int = 2000) -> tuple[float, float, float]:
+    """median(baseline) / median(times), a speedup when both are latencies, with a percentile
+    bootstrap interval (each sample resampled on its own, a fixed seed so a rerun prints the same);
+    (ratio, NaN, NaN) when either sample has fewer than 6 runs, as for median_interval."""
+    base, new = np.asarray(baseline, dtype=float), np.asarray(times, dtype=float)
+    ratio = float(np.median(base) / np.median(new))
+    if len(base) < 6 or len(new) < 6:
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(0)
+    ratios = (np.median(rng.choice(base, (resamples, len(base))), axis=1)
+              / np.median(rng.choice(new, (resamples, len(new))), axis=1))
+    low, high = np.percentile(ratios, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return ratio, float(low), float(high)
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -184,12 +200,13 @@ def recover_after_failure(device: torch.device) -> None:
             pass
 
 
-def measure_latencies(variants: list[Any], batch_sizes: list[int],
-                      settings: ExportConfig) -> dict[tuple[str, int], dict[str, Any]]:
+def measure_latencies(variants: list[Any], batch_sizes: list[int], settings: ExportConfig,
+                      with_times: bool = False) -> dict[tuple[str, int], dict[str, Any]]:
     """Every variant at every batch size: first calls and warm-ups, then `settings.rounds` rounds, each
     timing every (variant, batch size) in turn for its share of `min_runs` and `min_duration_s`.
     {(variant name, batch size): latency row, or {"batch_size", "error"} where it failed (out of
-    memory at the largest batch, a graph replay error): one failure never costs the other rows."""
+    memory at the largest batch, a graph replay error): one failure never costs the other rows.
+    `with_times`: each row also holds its timed runs in seconds (`times_s`), for intervals of ratios."""
     meters: dict[tuple[str, int], LatencyMeter] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for variant in variants:
@@ -210,7 +227,8 @@ def measure_latencies(variants: list[Any], batch_sizes: list[int],
                 rows[key] = {"batch_size": key[1], "error": short_error(exc)}
                 del meters[key]
                 recover_after_failure(meter.variant.device)
-    rows.update({key: meter.result() for key, meter in meters.items()})
+    rows.update({key: {**meter.result(), **({"times_s": list(meter.times)} if with_times else {})}
+                 for key, meter in meters.items()})
     return rows
 
 

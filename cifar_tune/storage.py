@@ -131,9 +131,16 @@ class Location:
 
     # ------------------------------------------------------------------ writing
     def write_bytes(self, name: str, data: bytes) -> None:
+        """Whole or not at all: a reader never sees half a file (on local disk a temporary file
+        renamed into place; an object store's put is atomic already)."""
         target = self._join(name)
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
+            temporary = f"{target}.tmp-{os.getpid()}"
+            with open(temporary, "wb") as f:
+                f.write(data)
+            os.replace(temporary, target)
+            return
         with self.fs.open_output_stream(target) as f:
             f.write(data)
 

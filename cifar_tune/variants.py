@@ -69,7 +69,8 @@ REGISTRY: tuple[VariantSpec, ...] = (
                 "the graph's pool)", compile_mode="reduce-overhead", compiles=True, build_estimate_s=60),
     VariantSpec("aoti", "fp32", "AOTInductor", AOTI_FILE, (AOTI,),
                 "`torch.export` (dynamic batch) compiled and packaged by AOTInductor; checked in a fresh "
-                "process, as a deployment loads it", compiles=True, build_estimate_s=90),
+                "process, as a deployment loads it. Compiled once per experiment: later trials swap their "
+                "weights into that package (`model.aoti_weights.pt`)", compiles=True, build_estimate_s=90),
     VariantSpec("onnx_fp32", "fp32", "ONNX Runtime", ONNX_FILE, (),
                 "`torch.onnx.export` (dynamo, opset 18, dynamic batch); graph optimization ALL; the CUDA "
                 "provider with IO binding where it loads, else the CPU provider (the row says which)",

@@ -26,11 +26,19 @@ from cifar_tune.bench import (
     BenchPathError,
     bench_checkpoint,
     locate_checkpoint,
+    time_export,
 )
 from cifar_tune.config import ConfigError, ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
-from cifar_tune.meters import measure_latencies, median_interval, percentile_or_nan, uses_cuda_events
+from cifar_tune.meters import (
+    measure_latencies,
+    median_interval,
+    median_ratio_interval,
+    percentile_or_nan,
+    uses_cuda_events,
+)
 from cifar_tune.orchestrator.cli import main
+from cifar_tune.storage import Location
 from cifar_tune.trainables.train import Trainer
 
 from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION
@@ -238,6 +246,18 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     for _, row in outcome.table.iterrows():
         has_export = (Path(row["path"]) / "export" / "bench.json").is_file()
         assert has_export == (row["seed"] != 1)
+        if has_export:  # each trial's export checks parity and times nothing
+            per_trial = json.loads((Path(row["path"]) / "export" / "bench.json").read_text())
+            assert per_trial["results"] == [] and {v["variant"] for v in per_trial["variants"]} == CPU_VARIANTS
+    # Latency: timed once, on the first exported trial's files, alone; every trial's rows carry it.
+    assert len(bench) == 2 * len(CPU_VARIANTS) * len(quick["batch_sizes"]) and bench["p50_ms"].notna().all()
+    assert (bench.groupby(["variant", "batch_size"])["p50_ms"].nunique() == 1).all()
+    first = min(by_seed[0]["trial_id"], by_seed[2]["trial_id"])
+    assert bench["latency_method"].nunique() == 1
+    method = bench["latency_method"].iloc[0]
+    assert f"trial {first}'s export" in method and "on a node to itself (2 CPUs reserved, 2 inference threads)" in method
+    assert (bench.loc[bench["variant"] == "eager_fp32", "speedup"] == 1.0).all()
+    assert (bench["threads"] == 2).all()  # the timing's threads: the reserved CPUs, as export.threads null says
     missing = analyze(load_experiment(outcome.path)).missing  # the report says which export failed, and why
     assert any(m.startswith("1 trial(s) without export results") and "seed 1: failed" in m and "injected" in m
                for m in missing), missing
@@ -287,6 +307,64 @@ def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray
     crashed = outcome.table.loc[outcome.table["seed"] == 1, "path"].item()
     attempts = (Path(crashed) / "export" / "crashed_attempts.txt").read_text().split()
     assert len(attempts) == 2 and len(set(attempts)) == 2  # the first try and one retry, each in its own worker
+
+
+def test_timing_an_export_reuses_its_files(exported, trained, monkeypatch) -> None:
+    """What the hook times once per run: the files the export made, loaded, not made again."""
+    out, result = exported
+    trial, _ = trained
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def no_saving(*args, **kwargs):
+        raise AssertionError("an export file was made again")
+
+    for saver in ("save_torchscript", "save_onnx", "save_onnx_fp16", "save_onnx_int8", "save_aoti"):
+        monkeypatch.setattr(export_mod, saver, no_saving)
+    names = [row["variant"] for row in result["variants"]]
+    timed = time_export(trial / "checkpoint_000001", out, QUICK, names, "method {threads}", device=torch.device("cpu"),
+                        threads=1)
+    assert timed["failed"] == {}
+    assert {(row["variant"], row["batch_size"]) for row in timed["bench"]} == {
+        (v, b) for v in CPU_VARIANTS for b in QUICK.batch_sizes}
+    assert all(row["p50_ms"] > 0 and row["latency_method"] == "method {threads}" for row in timed["bench"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_bench_rows_take_the_runs_one_timing() -> None:
+    """bench.csv: every trial's per-variant rows times the batch sizes, with the one timing of their
+    variant; without a timing they say why; an older row timed again takes the newest timing."""
+    from cifar_tune.orchestrator.export_hook import with_latency
+
+    per_variant = pd.DataFrame([{"trial_id": t, "variant": v, "parity": "ok", "accuracy_change_pp": a}
+                                for t, a in (("a", 0.0), ("b", -0.5)) for v in ("eager_fp32", "onnx_fp32")])
+    timing = {"bench": [{"variant": v, "batch_size": b, "p50_ms": ms * b, "runs": 9, "speedup": s,
+                         "speedup_ci_low": s * 0.9, "speedup_ci_high": s * 1.1, "latency_method": "once"}
+                        for v, ms, s in (("eager_fp32", 2.0, 1.0), ("onnx_fp32", 1.0, 2.0)) for b in (1, 8)]}
+    table = with_latency(per_variant, timing, [1, 8])
+    assert len(table) == 8 and set(table["latency_method"]) == {"once"}
+    assert table.set_index(["trial_id", "variant", "batch_size"]).loc[("b", "onnx_fp32", 8), "p50_ms"] == 8.0
+    untimed = with_latency(per_variant, {"trial_id": "a", "error": "worker died"}, [1, 8])
+    assert len(untimed) == 8 and untimed["p50_ms"].isna().all() if "p50_ms" in untimed else len(untimed) == 8
+    assert set(untimed["latency_method"]) == {"not measured: worker died"}
+    older = table.assign(p50_ms=99.0, latency_method="before")
+    newest = {"bench": [{**row, "p50_ms": 5.0, "latency_method": "again"} for row in timing["bench"]]}
+    again = with_latency(older, newest, [1, 8])
+    assert len(again) == 8 and set(again["p50_ms"]) == {5.0} and set(again["latency_method"]) == {"again"}
+
+    speedups = inference_speedups(table).set_index(["variant", "batch_size"])
+    assert speedups.loc[("onnx_fp32", 8), "speedup"] == 2.0 and speedups.loc[("onnx_fp32", 8), "n"] == 9
+    assert speedups.loc[("onnx_fp32", 8), "ci_low"] == pytest.approx(1.8)  # the timing's own interval, not trials'
+    assert speedups.loc[("onnx_fp32", 1), "accuracy_change_pp"] == -0.25  # per trial, averaged
+
+
+def test_median_ratio_interval_covers_the_ratio() -> None:
+    rng = np.random.default_rng(1)
+    base, fast = 2.0 * rng.lognormal(0, 0.05, 200), rng.lognormal(0, 0.05, 200)
+    ratio, low, high = median_ratio_interval(base, fast)
+    assert ratio == pytest.approx(float(np.median(base) / np.median(fast)))
+    assert low < ratio < high and low < 2.0 < high and high - low < 0.1
+    assert math.isnan(median_ratio_interval(base[:5], fast)[1])  # too few runs for an interval
+    assert median_ratio_interval(base, fast) == (ratio, low, high)  # a rerun prints the same
 
 
 @pytest.mark.parametrize("n", [6, 10, 25, 100, 1000])
@@ -392,3 +470,66 @@ def test_compiled_and_aoti_variants_meet_parity_and_report_compile_time_apart(tr
     packaged = [row for row in result["bench"] if row["variant"] == "aoti"]
     assert len(packaged) == 2 and all(row["build_s"] > 0.5 and row["load_s"] > 0 for row in packaged)
     assert packaged[0]["file_mb"] == pytest.approx((tmp_path / "model.pt2").stat().st_size / 1e6)
+
+
+@pytest.mark.slow
+def test_a_later_trial_swaps_its_weights_into_the_package_an_earlier_one_compiled(trained, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """AOTInductor compiles once per experiment: the first trial's package goes to the shared cache,
+    and a later trial (other weights, same architecture) loads it and swaps its own weights in."""
+    trial, data = trained
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "aoti"]})
+    cache = Location.of(tmp_path / "cache")
+    first = bench_checkpoint(trial / "checkpoint_000001", tmp_path / "first", data.test_x, data.test_y, data.train_x,
+                             settings, device=torch.device("cpu"), threads=1, timed=False, aoti_cache=cache)
+    assert (tmp_path / "first" / "model.pt2").is_file() and cache.listdir() == [
+        export_mod.aoti_key(torch.device("cpu"), export_mod.load_best_model(trial / "checkpoint_000001")[0])]
+    assert first["variants"][1]["build_s"] > 0.5  # compiled
+
+    other = tmp_path / "other"
+    other.mkdir()
+    saved = torch.load(trial / "checkpoint_000001" / "best_model.pt", weights_only=True)
+    torch.manual_seed(7)
+    torch.save({**saved, "state_dict": export_mod.AlexNet().state_dict()}, other / "best_model.pt")
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("AOTInductor compiled again")
+
+    monkeypatch.setattr(export_mod, "save_aoti", no_compiling)
+    later = bench_checkpoint(other, tmp_path / "later", data.test_x, data.test_y, data.train_x, settings,
+                             device=torch.device("cpu"), threads=1, timed=False, aoti_cache=cache)
+    parity = {row["variant"]: row for row in later["parity"]}
+    assert parity["aoti"]["status"] == "ok" and parity["aoti"]["agreement"] >= 0.999, parity["aoti"]
+    assert parity["aoti"]["max_abs_diff"] < 1e-3  # its own weights: the first trial's would differ everywhere
+    assert not (tmp_path / "later" / "model.pt2").exists()
+    weights = torch.load(tmp_path / "later" / "model.aoti_weights.pt", weights_only=True)
+    runner = torch._inductor.aoti_load_package(str(tmp_path / "first" / "model.pt2"))
+    assert set(weights) == set(runner.get_constant_fqns())
+    assert later["variants"][1]["build_s"] < 0.5 and later["variants"][1]["file_mb"] > 1
+
+
+@pytest.mark.slow
+def test_compiled_copies_past_dynamos_default_recompile_limit_still_compile(monkeypatch) -> None:
+    """Four compiled copies of AlexNet in one process (a GPU export, or a CPU worker reused for the
+    next trial) make up to 4 x 3 graphs of one code object, past dynamo's default limit of 8, beyond which
+    it runs eager under the variant's name. Each must compile, and a limit hit must be loud."""
+    torch._dynamo.reset()
+    x = torch.randn(500, 3, 32, 32)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    alive = []  # as in an export: every variant alive until its trial's parity and timing are done
+    for freezing in (False, True, False, True):
+        model = export_mod.AlexNet().eval()
+        alive.append(export_mod.CompiledVariant("compiled", model, torch.device("cpu"), freezing=freezing))
+        with torch.no_grad():
+            assert torch.allclose(alive[-1].predict(x), model(x), atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs > 8  # past the default limit
+    alive.clear()
+    torch._dynamo.reset()
+    monkeypatch.setattr(export_mod, "RECOMPILE_LIMIT", 8)  # dynamo's default: the fourth copy fails, loudly
+    with pytest.raises(Exception, match="recompile_limit|RecompileLimit"):
+        for freezing in (False, True, False, True):
+            alive.append(export_mod.CompiledVariant("compiled", export_mod.AlexNet().eval(), torch.device("cpu"),
+                                                    freezing=freezing))
+    assert len(alive) == 3
+    alive.clear()
+    torch._dynamo.reset()

@@ -57,6 +57,19 @@ TIMING_SHOWN = ["precision", "rounds", "median_images_per_s", "ci_low", "ci_high
                 "measured_at"]
 
 
+def latency_method(bench: pd.DataFrame) -> str:
+    """How the latencies in bench.csv were measured, in words: each timing's own `latency_method`."""
+    if bench.empty:
+        return "No export results."
+    if "latency_method" not in bench or bench["latency_method"].isna().all():
+        return ("Timed in each trial's export task, beside the trials still running: per trial, eager fp32's p50 "
+                "over the variant's; geometric mean across trials, 95% CI (log scale); `n`: trials.")
+    methods = "; ".join(f"`{m}`" for m in bench["latency_method"].dropna().unique())
+    return ("Latency does not depend on the weights, so it was timed once, not per trial: " + methods + ". "
+            "Speedup: eager fp32's p50 over the variant's in that session, with a bootstrap 95% interval; `n`: its "
+            "timed runs. Accuracy change and parity are per trial (every trial's own test set pass), averaged here.")
+
+
 def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
     if table.empty:
         return "(none)\n"
@@ -128,8 +141,8 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
               f"Not measured: {analysis.training_times}. `cifar-tune time {exp.path}` measures it.\n",
               "## Image by image: test images only one of the pair gets right\n",
               _markdown(analysis.per_image),
-              "## Inference speedup over eager fp32 (same trial), geometric mean across trials\n",
-              _markdown(analysis.inference)]
+              "## Inference speedup over eager fp32\n",
+              latency_method(exp.bench) + "\n", _markdown(analysis.inference)]
     parts += [f"## {title}\n\n![{title}]({name})\n" for title, name in plots]
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(parts))

@@ -89,6 +89,10 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
         missing.append("no export results (bench.csv): " + (exports_note or "export.enabled was off"))
     elif unfinished:
         missing.append(f"{len(unfinished)} trial(s) without export results: {exports_note}")
+    if "latency_method" in experiment.bench:
+        untimed = [str(m) for m in experiment.bench["latency_method"].dropna().unique() if str(m).startswith("not measured")]
+        if untimed and experiment.bench["p50_ms"].isna().all():
+            missing.append(f"no inference latency: {untimed[-1]}")
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
                     inference_speedups(experiment.bench), conclusions, missing, margin, images, experiment.timing,
                     packing_label(packed))

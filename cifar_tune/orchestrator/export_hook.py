@@ -1,5 +1,13 @@
-"""The post-trial hook: when a trial completes, a Ray task exports its best weights, checks parity
-and benchmarks the variants (cifar_tune.bench), while the experiment carries on.
+"""The post-trial hook: when a trial completes, a Ray task exports its best weights and checks every
+variant's parity and accuracy change (cifar_tune.bench), while the experiment carries on; once
+every export is in, one trial's variants are timed, once, on a node to itself.
+
+What depends on the weights happens per trial: the export files, parity, accuracy change. Latency
+of a graph at a batch size does not, so it is measured once per variant after training, on the
+first exported trial's own files (`bench.time_export`), with every CPU of a node (or a whole GPU)
+reserved so nothing else runs meanwhile; bench.csv gives each trial's rows that measurement, and
+`latency_method` says so. (Per-trial timing beside running trials cost most of an export and
+measured the neighbours as much as the variant.)
 
 An export never takes a slot a pending trial could use: it is queued when its trial completes and
 launched once no trial is PENDING, or earlier where the cluster has room for it beside every pending
@@ -7,12 +15,13 @@ trial (cores the trials leave idle).
 
 Tune runs callbacks inside its driver loop, so the callback only *launches* the task and keeps
 its ObjectRef; blocking there (ray.get) while trials hold every CPU would stall Tune for good.
-`on_experiment_end` waits for what is still running, at most `export.timeout_s`, and writes
-`bench.csv` (one row per trial x variant x batch size) beside results.csv. A failed or timed-out
-export is recorded with its reason and never fails the experiment.
+`on_experiment_end` waits for what is still running, at most `export.timeout_s` for each, times
+the variants, and writes `bench.csv` (one row per trial x variant x batch size) beside
+results.csv. A failed or timed-out export or timing is recorded with its reason and never fails
+the experiment.
 
-The task reads the trial's checkpoint from the experiment's storage (a bucket, or a folder) and
-writes the trial's export/ files back there, so it may run on any node of a cluster.
+The tasks read the trial's checkpoint from the experiment's storage (a bucket, or a folder) and
+write or read the trial's export/ files there, so they may run on any node of a cluster.
 """
 
 from __future__ import annotations
@@ -31,21 +40,24 @@ import ray
 import torch
 from pydantic import BaseModel
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cifar_tune.bench import bench_checkpoint
+from cifar_tune.bench import bench_checkpoint, time_export
 from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
-from cifar_tune.names import BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
+from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.plan import SearchPlan, search_value
+from cifar_tune.orchestrator.timing import isolated_node
 from cifar_tune.storage import Location
 
 
 def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
-                 data_root: str | None, inject_failure: bool, inject_crash: bool = False) -> dict[str, Any]:
-    """Runs on a worker: export, parity and latency for one checkpoint, whose files Ray fetches
-    from storage; the export files go to `out_uri` (a folder or a cloud URI). Device: what torch
-    sees here."""
+                 data_root: str | None, inject_failure: bool, inject_crash: bool = False,
+                 cache_uri: str | None = None) -> dict[str, Any]:
+    """Runs on a worker: export and parity for one checkpoint, whose files Ray fetches from
+    storage; the export files go to `out_uri` (a folder or a cloud URI), compiled packages the
+    trials share to `cache_uri`. Device: what torch sees here."""
     if inject_failure:
         raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
     out = Location.of(out_uri)
@@ -61,10 +73,25 @@ def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Te
         folder = out.local_path if out.is_local else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         result = bench_checkpoint(checkpoint_dir, folder, test_x, test_y, calibration_x, config, device=device,
-                                  threads=threads, data_root=data_root)
+                                  threads=threads, data_root=data_root, timed=False,
+                                  aoti_cache=Location.of(cache_uri) if cache_uri else None)
         if not out.is_local:
             out.upload(folder)
     return result
+
+
+def time_trial_export(checkpoint: tune.Checkpoint, out_uri: str, settings: dict[str, Any], names: list[str],
+                      method: str, data_root: str | None, cache_uri: str | None = None) -> dict[str, Any]:
+    """Runs on a worker holding a node's CPUs (or a whole GPU): the latency of one exported trial's
+    variants `names`, from the files its export wrote to `out_uri`."""
+    config = ExportConfig.model_validate(settings)
+    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    threads = config.threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    out = Location.of(out_uri)
+    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory(prefix="cifar-tune-time-") as tmp:
+        folder = out.local_path if out.is_local else out.download(Path(tmp))
+        return time_export(checkpoint_dir, folder, config, names, method.format(threads=threads), device=device,
+                           threads=threads, data_root=data_root, aoti_cache=Location.of(cache_uri) if cache_uri else None)
 
 
 # On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
@@ -73,6 +100,8 @@ def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Te
 # whose worker dies is retried once (Ray's default is 3), then recorded as failed.
 export_on_cpu = ray.remote(max_retries=1)(export_trial)
 export_on_gpu = ray.remote(max_calls=1, max_retries=1)(export_trial)
+# Timing: a fresh worker (no other variant's caches or threads), not retried (a crash is recorded).
+time_on_node = ray.remote(max_calls=1, max_retries=0)(time_trial_export)
 
 
 def export_gpus(config: ExperimentConfig) -> float:
@@ -84,6 +113,38 @@ def export_gpus(config: ExperimentConfig) -> float:
     if ray.cluster_resources().get("GPU", 0) == 0:
         return 0.0
     return config.resources.gpus_per_trial or 1.0
+
+
+LATENCY_COLUMNS = ["batch_size", "runs", "first_call_ms", "peak_memory_mb", "p50_ms", "p50_ci_low_ms", "p50_ci_high_ms",
+                   "p90_ms", "p99_ms", "mean_ms", "images_per_s", "timer", "energy_mj_per_image", "energy_source",
+                   "speedup", "speedup_ci_low", "speedup_ci_high", "latency_method", "error",
+                   "threads", "load_average_1m"]  # the timing's: they replace the export's own
+
+
+def with_latency(table: pd.DataFrame, latency: dict[str, Any], batch_sizes: list[int]) -> pd.DataFrame:
+    """bench.csv's rows: each trial's per-variant rows times the batch sizes, carrying the one timing
+    of the run (`latency["bench"]`) for their variant. A row already timed (an earlier run, an
+    older version) keeps its own latency unless this run timed its variant again: the newest timing
+    stands for every trial. Without a timing, latency stays empty and `latency_method` says why."""
+    if table.empty:
+        return table
+    if "batch_size" not in table:
+        table = table.assign(batch_size=math.nan)
+    untimed = table[table["batch_size"].isna()].drop(columns="batch_size")
+    timed = table[table["batch_size"].notna()]
+    timing = pd.DataFrame(latency.get("bench", []))
+    if timing.empty:
+        why = f"not measured: {latency['error']}" if "error" in latency else "not measured"
+        timing = pd.DataFrame([{"variant": v, "batch_size": b, "latency_method": why}
+                               for v in untimed["variant"].unique() for b in batch_sizes])
+    timing = timing[["variant", *[c for c in LATENCY_COLUMNS if c in timing]]]
+    fresh = untimed.drop(columns=[c for c in timing if c in untimed and c != "variant"]).merge(timing, on="variant",
+                                                                                              how="left")
+    if not timed.empty and "bench" in latency:  # the newest timing replaces older latency of its variants
+        again = timed["variant"].isin(timing["variant"])
+        retimed = timed[again].drop(columns=[c for c in timing if c in timed and c not in ("variant", "batch_size")])
+        timed = pd.concat([timed[~again], retimed.merge(timing, on=["variant", "batch_size"], how="left")])
+    return pd.concat([timed, fresh], ignore_index=True)
 
 
 def _plain(value: Any) -> Any:
@@ -109,6 +170,8 @@ class ExportCallback(tune.Callback):
         self.queued: list[tuple[str, Any, dict[str, Any], float]] = []
         self._checked_at = -math.inf
         self.outcomes: dict[str, dict[str, Any]] = {}
+        self.sources: dict[str, tuple[Any, str]] = {}  # trial id -> (checkpoint, export folder URI)
+        self.latency: dict[str, Any] = {}  # the one timing of this run: {"bench": rows, ...} or {"error": ...}
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
 
     def __getstate__(self) -> dict[str, Any]:
@@ -123,6 +186,7 @@ class ExportCallback(tune.Callback):
         self.search_columns = list(state["search_columns"])
         self._loaded, self._data_ref, self.pending, self.outcomes = None, None, {}, {}
         self.queued, self._checked_at = [], -math.inf
+        self.sources, self.latency = {}, {}
         self.experiment_dir = None
 
     def _data(self) -> Any:
@@ -149,8 +213,9 @@ class ExportCallback(tune.Callback):
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
             checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
             self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed,
-            train.get("seed") == self.config.debug.crash_export_seed)
+            train.get("seed") == self.config.debug.crash_export_seed, (self.experiment_dir / AOTI_CACHE_DIR).uri)
         self.queued.append((trial.trial_id, launch, row, gpus))
+        self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -183,8 +248,40 @@ class ExportCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.launch_ready([])  # nothing is pending any more: whatever still waits goes now
         self.collect(self.config.export.timeout_s)
+        self.time_once(self.config.export.timeout_s)
         if self.experiment_dir is not None:
             self.write(self.experiment_dir)
+
+    def time_once(self, timeout_s: float) -> None:
+        """Time the variants of the first trial (by id) whose export succeeded, once every export is
+        in: one task holding every CPU of a node, or a whole GPU and `export.cpus` where the exports
+        use GPUs, so nothing else runs beside it."""
+        exported = sorted(t for t, o in self.outcomes.items() if o["status"] == "ok" and t in self.sources)
+        if not exported:
+            return
+        trial_id = exported[0]
+        checkpoint, out_uri = self.sources[trial_id]
+        names = [row["variant"] for row in self.outcomes[trial_id]["result"].get("variants", [])]
+        export = self.config.export
+        gpus = 1.0 if export_gpus(self.config) > 0 else 0.0
+        node = isolated_node(ray.nodes(), gpus, "export.gpus")
+        cpus = export.cpus if gpus else node["Resources"].get("CPU", export.cpus)
+        method = (f"once per variant on trial {trial_id}'s export after every export, on a node to itself "
+                  f"({cpus:g} CPUs{' and a whole GPU' if gpus else ''} reserved, {{threads}} inference threads), "
+                  f"{export.rounds} interleaved rounds")
+        task = time_on_node.options(num_cpus=cpus, num_gpus=gpus,
+                                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+        cache = (self.experiment_dir / AOTI_CACHE_DIR).uri if self.experiment_dir is not None else None
+        ref = task.remote(checkpoint, out_uri, export.model_dump(), names, method, self.config.data.root, cache)
+        ready, _ = ray.wait([ref], timeout=timeout_s)
+        if not ready:
+            ray.cancel(ref, force=True)
+            self.latency = {"trial_id": trial_id, "error": f"not done within export.timeout_s={timeout_s:g}"}
+            return
+        try:
+            self.latency = {"trial_id": trial_id, **ray.get(ref)}
+        except Exception as exc:  # recorded, never raised: the exports' parity rows stand without it
+            self.latency = {"trial_id": trial_id, "error": short_error(exc)}
 
     def collect(self, timeout_s: float) -> None:
         """Wait for the launched exports. `timeout_s` bounds the wait for the *next* one to finish,
@@ -215,10 +312,13 @@ class ExportCallback(tune.Callback):
         rows = []
         for trial_id, outcome in self.outcomes.items():
             keys = {k: v for k, v in outcome.items() if k not in ("result", "status", "reason")}
-            for bench in (outcome.get("result") or {}).get("bench", []):
+            result = outcome.get("result") or {}
+            # per variant (this version: untimed) or per variant x batch size (timed, older versions)
+            for bench in result.get("bench") or result.get("variants", []):
                 rows.append({**keys, **bench})
             summary[trial_id] = {k: v for k, v in outcome.items() if k != "result"}
-        table = pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True)
+        table = with_latency(pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True), self.latency,
+                             self.config.export.batch_sizes)
         experiment_dir.write_csv(BENCH_CSV, table)
         experiment_dir.write_text(EXPORTS_JSON, json.dumps(summary, indent=2, default=str))
         return table

@@ -57,16 +57,22 @@ def _time_block(train: dict[str, Any], model: dict[str, Any], data: CifarData, s
 time_block = ray.remote(max_calls=1)(_time_block)
 
 
+def isolated_node(nodes: list[dict[str, Any]], gpus: float, key: str) -> dict[str, Any]:
+    """The node measurements run on: the alive one with the most CPUs among those with `gpus` GPUs;
+    ties go to the lowest node id, so the choice is the same every time. `key` names the setting
+    asking for the GPUs in the error."""
+    able = [n for n in nodes if n.get("Alive") and n["Resources"].get("GPU", 0) >= gpus]
+    if not able:
+        raise ConfigError(f"{key}: {gpus:g} GPU per timing task, but no node of the cluster has that many")
+    return sorted(able, key=lambda n: (-n["Resources"].get("CPU", 0), n["NodeID"]))[0]
+
+
 def timing_resources(config: ExperimentConfig, nodes: list[dict[str, Any]]) -> tuple[str, float, float]:
     """(node id, CPUs, GPUs) for every timing task: a whole GPU when the trials use GPUs (else
     `timing.gpus`), and every CPU of the node when no GPU is used (else `timing.cpus`, by default
-    the trials' own CPU share). The node: the alive one with the most CPUs among those that have
-    the GPUs; ties go to the lowest node id, so the choice is the same every time."""
+    the trials' own CPU share), on `isolated_node`."""
     gpus = config.timing.gpus if config.timing.gpus is not None else (1.0 if config.resources.gpus_per_trial > 0 else 0.0)
-    able = [n for n in nodes if n.get("Alive") and n["Resources"].get("GPU", 0) >= gpus]
-    if not able:
-        raise ConfigError(f"timing.gpus: {gpus:g} GPU per timing task, but no node of the cluster has that many")
-    node = sorted(able, key=lambda n: (-n["Resources"].get("CPU", 0), n["NodeID"]))[0]
+    node = isolated_node(nodes, gpus, "timing.gpus")
     if config.timing.cpus is not None:
         cpus = config.timing.cpus
     elif gpus > 0:
