@@ -66,3 +66,10 @@ def test_study_wall_smoke_test() -> None:
     """Runs the same tiny experiment with exports off and on, each with its own embedded Ray."""
     out = _run("study_wall.py", "--smoke-test", timeout=600)
     assert "| exports off |" in out and "| exports on |" in out and "target: exports on at most 1.5x" in out
+
+
+def test_export_cost_smoke_test() -> None:
+    """Two checkpoints exported one after the other, each variant's build and parity seconds."""
+    out = _run("export_cost.py", "--smoke-test")
+    assert out.count("| **sum** |") == 2 and "trial 2 (later: reuses the first one compiled)" in out
+    assert "| onnx_int8 |" in out and "| ok |" in out and "failed:" not in out
