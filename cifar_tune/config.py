@@ -152,7 +152,8 @@ class RayConfig(Section):
 
 
 class ExportConfig(Section):
-    enabled: bool = Field(True, description="Export, check and benchmark every finished trial's best checkpoint.")
+    enabled: bool = Field(
+        True, description="Export and check every finished trial's best checkpoint; time the variants once per run.")
     variants: list[str] | None = Field(
         None, description="Variants to build (null: every one the device runs; eager_fp32, the reference, always).")
     gpus: float | None = Field(
@@ -176,7 +177,7 @@ class ExportConfig(Section):
     tensorrt: bool = Field(
         False, description="Also run onnx_fp32/onnx_fp16 through TensorRT where installed (the tensorrt variant does anyway).")
     timeout_s: float = Field(
-        1800, gt=0, description="How long the experiment's end waits for the next unfinished export to finish.")
+        1800, gt=0, description="How long the experiment's end waits for the next unfinished export, and for the timing.")
 
     @field_validator("variants")
     @classmethod
