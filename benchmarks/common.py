@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,3 +29,17 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: in
     for _ in range(repeats):
         a @ b
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def data_or_smoke(parser: argparse.ArgumentParser, args: argparse.Namespace, scratch: tempfile.TemporaryDirectory) -> str:
+    """The CIFAR folder a benchmark reads: `--data`, or under --smoke-test a tiny generated copy
+    (100 images per batch file, 100 test images) in `scratch`."""
+    if args.smoke_test:
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+        from cifar_files import write_cifar
+
+        write_cifar(Path(scratch.name) / "cifar", per_batch=100, n_test=100)
+        return str(Path(scratch.name) / "cifar")
+    if not args.data:
+        parser.error("--data is required (or --smoke-test)")
+    return args.data

@@ -32,10 +32,7 @@ from cifar_tune.data import load_data  # noqa: E402
 from cifar_tune.models import build_model, forward_flops_per_image  # noqa: E402
 from cifar_tune.storage import Location  # noqa: E402
 
-from common import machine_line  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from cifar_files import write_cifar  # noqa: E402
+from common import data_or_smoke, machine_line  # noqa: E402
 
 
 def export_once(checkpoint: Path, out: Path, data, settings: ExportConfig, threads: int,  # noqa: ANN001
@@ -76,16 +73,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2, help="checkpoints exported one after the other")
     parser.add_argument("--smoke-test", action="store_true", help="tiny generated data, the variants that compile nothing")
     args = parser.parse_args()
-    if args.test_images < 1 or args.threads < 1 or args.trials < 1:
-        parser.error("--test-images, --threads and --trials must be positive")
+    for flag in ("test_images", "threads", "trials"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     scratch = tempfile.TemporaryDirectory(prefix="export-cost-")
+    args.data = data_or_smoke(parser, args, scratch)
     if args.smoke_test:
-        write_cifar(Path(scratch.name) / "cifar", per_batch=100, n_test=100)
-        args.data, args.test_images = str(Path(scratch.name) / "cifar"), 100
-    elif not args.data:
-        parser.error("--data is required (or --smoke-test)")
+        args.test_images = 100
     data = load_data(DataConfig(root=args.data, download=False, val_size=100, train_subset=512,
                                 test_subset=args.test_images))
     settings = ExportConfig(variants=["eager_fp32", "torchscript", "onnx_fp32", "onnx_int8"] if args.smoke_test else None,

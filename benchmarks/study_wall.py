@@ -31,10 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cifar_tune.config import validate_config  # noqa: E402
 from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
 
-from common import machine_line  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from cifar_files import write_cifar  # noqa: E402
+from common import data_or_smoke, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,11 +77,9 @@ def main() -> None:
         parser.error(f"--config {args.config}: no such file")
     warnings.simplefilter("ignore")
     scratch = tempfile.TemporaryDirectory(prefix="study-wall-")
+    args.data = data_or_smoke(parser, args, scratch)
     if args.smoke_test:
-        write_cifar(Path(scratch.name) / "cifar", per_batch=100, n_test=100)
-        args.data, args.rounds = str(Path(scratch.name) / "cifar"), 1
-    elif not args.data:
-        parser.error("--data is required (or --smoke-test)")
+        args.rounds = 1
     config_path = Path(args.config)
     smoke_shaped = config_path.resolve() == (ROOT / "configs" / "smoke.yaml").resolve()
     raw = study(config_path, args.data, smoke_shaped, args.smoke_test)

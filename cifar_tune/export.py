@@ -531,7 +531,7 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
     "compiled_frozen": _compiled,
     "compiled_max_autotune": _compiled,
     "compiled_cudagraphs": _compiled,
-    "aoti": lambda b: _aoti(b),
+    "aoti": _aoti,
     "onnx_fp32": lambda b: _ort(b, tensorrt=b.tensorrt),
     "onnx_fp16": lambda b: _ort(b, tensorrt=b.tensorrt),
     "onnx_int8": lambda b: _ort(b, torch.device("cpu")),  # cpu_only in the registry: ONNX Runtime's CPU kernels

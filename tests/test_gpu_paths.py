@@ -378,3 +378,21 @@ def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, monkey
     hook.launch_ready([trial("RUNNING"), trial("RUNNING")])
     assert launched == ["a", "b"] and set(hook.pending) == {"a", "b"}  # nothing pending: all go
     assert hook.pending["b"] == ("ref-b", {"trial_id": "b"}) and not hook.queued
+
+
+def test_a_shared_aoti_package_is_keyed_by_what_it_was_compiled_for(monkeypatch) -> None:
+    """A package compiled on an sm_90 GPU must never be handed to an sm_80 one, nor a CPU's to a
+    CPU with another vector instruction set, nor a batch-norm model's to one without."""
+    from torch._inductor import cpu_vec_isa
+
+    from cifar_tune.models import AlexNet
+
+    bn, plain = AlexNet(), AlexNet(batch_norm=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    on_h200 = export_mod.aoti_key(torch.device("cuda"), bn)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "sm90" in on_h200 and export_mod.aoti_key(torch.device("cuda"), bn) != on_h200
+    cpu = export_mod.aoti_key(torch.device("cpu"), bn)
+    assert cpu != export_mod.aoti_key(torch.device("cpu"), plain) and "cpu" in cpu and "+" not in cpu
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: "avx2")
+    assert export_mod.aoti_key(torch.device("cpu"), bn) != cpu or "avx2" in cpu
