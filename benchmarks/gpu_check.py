@@ -344,6 +344,40 @@ def check_autocast(device: torch.device, precisions: list[str]) -> list[dict[str
     return rows
 
 
+def check_cuda_graph(data: Any, device: torch.device, precisions: list[str], batch_size: int,
+                     steps: int = 20) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The training step captured as a CUDA graph against eager steps, per precision: the same seed,
+    deterministic kernels and a learning rate fp32 holds exactly (0.0625, constant), so after the same
+    steps the weights must be equal bit for bit; and each one's img/s over `steps` timed steps."""
+    from cifar_tune.config import ModelConfig, TrainConfig
+    from cifar_tune.trainables.graphed_step import WARMUP_STEPS
+    from cifar_tune.trainables.train import Trainer
+
+    checks, speeds = [], []
+    for name in precisions:
+        weights, ips = {}, {}
+        for graphed in (False, True):
+            config = TrainConfig(precision=name, epochs=1, batch_size=batch_size, lr=0.0625, schedule="constant",
+                                 deterministic=True, cuda_graph=graphed, allow_slow_precision=True)
+            trainer = Trainer(config, ModelConfig(), data, device)
+            with trainer.policy.backend_flags():
+                ips[graphed] = trainer.time_steps(steps, warmup_steps=WARMUP_STEPS + 1)["images_per_s"]
+            weights[graphed] = [t.detach().clone() for t in trainer.model.state_dict().values()]
+            del trainer
+        same = all(torch.equal(a, b) for a, b in zip(weights[False], weights[True], strict=False))
+        worst = max(((a.float() - b.float()).abs().max().item() for a, b in zip(weights[False], weights[True], strict=False)),
+                    default=0.0)
+        checks.append({"check": f"{name}: CUDA-graph steps equal eager steps", "ok": same,
+                       "detail": f"{steps + WARMUP_STEPS + 1} steps, deterministic kernels: bit-equal weights "
+                                 f"{same} (largest difference {worst:.1e}); replay {ips[True]:.0f} img/s, "
+                                 f"eager {ips[False]:.0f} img/s"})
+        speeds.append({"precision": name, "graphed_images_per_s": ips[True], "eager_images_per_s": ips[False],
+                       "speedup": ips[True] / ips[False]})
+    torch.use_deterministic_algorithms(False)  # the training and exports after run as a study would
+    torch.cuda.empty_cache()
+    return checks, speeds
+
+
 def train_interleaved(data: Any, device: torch.device, precisions: list[str], epochs: int,
                       batch_size: int) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, float]]:
     """Every precision trains epoch by epoch in turn, each with the device to itself."""
@@ -377,11 +411,17 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['machine']}", "", f"Data: {result['data']}. Epochs: {result['epochs']}, batch "
              f"{result['batch_size']}. Wall time {result['wall_s']:.0f} s of a {result['budget_s']:.0f} s budget.", "",
              "## Training, one precision at a time, epochs interleaved", "",
-             "| precision | img/s (median) | achieved TFLOP/s | matmul TFLOP/s (same run) | share | test accuracy |",
-             "|---|---|---|---|---|---|"]
+             "| precision | img/s (median) | achieved TFLOP/s | matmul TFLOP/s (same run) | share | test accuracy "
+             "| CUDA graph |", "|---|---|---|---|---|---|---|"]
     for row in result["training"]:
         lines.append(f"| {row['precision']} | {row['images_per_s']:.0f} | {row['achieved_tflops']:.2f} | "
-                     f"{row['matmul_tflops']:.2f} | {row['share_of_matmul']:.0%} | {row['test_acc']:.4f} |")
+                     f"{row['matmul_tflops']:.2f} | {row['share_of_matmul']:.0%} | {row['test_acc']:.4f} "
+                     f"| {'yes' if row.get('cuda_graph') else 'no'} |")
+    if result.get("cuda_graph"):
+        lines += ["", "## The training step as a CUDA graph against eager (deterministic kernels, same steps)", "",
+                  "| precision | replayed img/s | eager img/s | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['graphed_images_per_s']:.0f} | {r['eager_images_per_s']:.0f} | "
+                  f"{r['speedup']:.2f}x |" for r in result["cuda_graph"]]
     lines += ["", "## Checks", "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {c['check']} | {'ok' if c['ok'] else 'FAILED'} | {c['detail']} |" for c in result["checks"]]
     lines += ["", "## Deployment variants (fp32-trained weights)", "",
@@ -439,6 +479,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     matmul = {name: matmul_tflops(device, name, matmul_n) for name in precisions}
 
     checks = check_tf32(device) + check_autocast(device, precisions)
+    graph_speeds: list[dict[str, Any]] = []
+    if device.type == "cuda":
+        graph_checks, graph_speeds = check_cuda_graph(data, device, precisions, args.batch_size)
+        checks += graph_checks
+    else:
+        not_run.append({"what": "the training step as a CUDA graph", "why": "needs a CUDA device"})
     trainers, speeds, accuracy = train_interleaved(data, device, precisions, args.epochs, args.batch_size)
     if "amp_fp16" in trainers:
         trainer = trainers["amp_fp16"]
@@ -454,7 +500,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ips = float(np.median(speeds[name]))
         training.append({"precision": name, "images_per_s": ips, "achieved_tflops": ips * flops / 1e12,
                          "matmul_tflops": matmul[name], "share_of_matmul": ips * flops / 1e12 / matmul[name],
-                         "test_acc": accuracy[name], "per_epoch_images_per_s": speeds[name]})
+                         "test_acc": accuracy[name], "per_epoch_images_per_s": speeds[name],
+                         "cuda_graph": trainers[name].graphed})
 
     batch_sizes = [1, 8] if args.quick else [1, 64, 512]
     leave_out, onnx_note = onnx_placement(device, args.skip_cpu_onnx)
@@ -487,7 +534,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "machine": f"torch {torch.__version__}, Python {platform.python_version()}, "
                        f"{torch.get_num_threads()} CPU threads",
             "data": source, "epochs": args.epochs, "batch_size": args.batch_size, "batch_sizes": batch_sizes,
-            "training": training, "checks": checks, "deployment": deployment, "not_run": not_run,
+            "training": training, "cuda_graph": graph_speeds, "checks": checks, "deployment": deployment, "not_run": not_run,
             "onnx_note": onnx_note, "ort_providers": ort_providers_that_load(device.index or 0),
             "budget_s": args.budget_s, "wall_s": time.monotonic() - started}
 

@@ -111,6 +111,9 @@ class TrainConfig(Section):
     channels_last: bool = Field(True, description="Run the model in channels_last memory format.")
     compile: bool = Field(
         False, description="Train through torch.compile (searchable; compile time reported apart as compile_time_s).")
+    cuda_graph: bool | Literal["auto"] = Field(
+        "auto", description="Capture the training step as one CUDA graph and replay it (auto: on CUDA unless "
+        "train.compile; never on a CPU). Same numbers as eager but for the learning rate's fp32 rounding.")
     deterministic: bool = Field(False, description="Also force deterministic kernels (slower on GPU).")
     allow_slow_precision: bool = Field(
         False,

@@ -513,18 +513,23 @@ def test_compiled_copies_past_dynamos_default_recompile_limit_still_compile(monk
     x = torch.randn(500, 3, 32, 32)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     alive = []  # as in an export: every variant alive until its trial's parity and timing are done
+    per_copy = []  # graphs each copy added
     for freezing in (False, True, False, True):
         model = small()
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         alive.append(export_mod.CompiledVariant("compiled", model, torch.device("cpu"), freezing=freezing))
+        per_copy.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
         with torch.no_grad():
             assert torch.allclose(alive[-1].predict(x), model(x), atol=1e-4)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs > 8  # past the default limit
     alive.clear()
     torch._dynamo.reset()
-    monkeypatch.setattr(export_mod, "RECOMPILE_LIMIT", 8)  # dynamo's default: the fourth copy fails, loudly
+    # A limit the first copy's graphs fill (how many a copy makes is a torch version's detail): a later
+    # copy hits it, loudly.
+    monkeypatch.setattr(export_mod, "RECOMPILE_LIMIT", per_copy[0])
     with pytest.raises(Exception, match="recompile_limit|RecompileLimit"):
         for freezing in (False, True, False, True):
             alive.append(export_mod.CompiledVariant("compiled", small(), torch.device("cpu"), freezing=freezing))
-    assert len(alive) == 3
+    assert 1 <= len(alive) < 4
     alive.clear()
     torch._dynamo.reset()

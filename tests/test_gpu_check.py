@@ -140,3 +140,24 @@ def test_variants_whose_build_no_longer_fits_the_budget_are_dropped_with_the_rea
                                                deadline=time.monotonic() + 10)  # torchscript fits; ONNX's 20 s does not
     assert [v.name for v in variants] == ["eager_fp32", "torchscript"] and not failed
     assert skipped["onnx_fp32"].startswith("time budget: about 20 s")
+
+
+def test_the_cuda_graph_check_compares_replays_with_eager_steps(monkeypatch) -> None:
+    """gpu_check's graph check, run on a CPU with the stand-in capture (tests/test_graphed_step.py): the
+    same steps both ways give bit-equal weights, and the rows say so with both speeds."""
+    from test_graphed_step import FakeCapture
+
+    from cifar_tune.trainables import train as train_mod
+
+    class CpuGraphTrainer(train_mod.Trainer):
+        def __init__(self, config, model, data, device):
+            super().__init__(config, model, data, device, capture=FakeCapture() if config.cuda_graph is True else None)
+
+    monkeypatch.setattr(train_mod, "Trainer", CpuGraphTrainer)
+    monkeypatch.setattr(train_mod, "fused_optimizer", lambda device, graphed=False: True)  # as on CUDA, both ways
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    gpu_check = _module()
+    data = gpu_check.as_cifar_data(*gpu_check.synthetic(160, 32), val_size=32)
+    checks, speeds = gpu_check.check_cuda_graph(data, torch.device("cpu"), ["fp32"], batch_size=32, steps=2)
+    assert [c["ok"] for c in checks] == [True] and "bit-equal weights True" in checks[0]["detail"]
+    assert speeds[0]["precision"] == "fp32" and speeds[0]["eager_images_per_s"] > 0

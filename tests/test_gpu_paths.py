@@ -158,7 +158,7 @@ def test_a_fused_optimizer_keeps_the_grad_scaler_from_syncing_every_step(checkpo
     monkeypatch.setattr(torch.amp.GradScaler, "_maybe_opt_step",
                         lambda self, *a, **k: syncing.append(1) or real(self, *a, **k))
     for fused, expected_syncs in ((None, 2), (True, 0)):  # torch's default on a CPU, then what CUDA gets
-        monkeypatch.setattr(train_mod, "fused_optimizer", lambda device, f=fused: f)
+        monkeypatch.setattr(train_mod, "fused_optimizer", lambda device, graphed=False, f=fused: f)
         syncing.clear()
         trainer = Trainer(config.train, config.model, data)
         assert trainer.scaler.is_enabled()

@@ -52,7 +52,7 @@ def trial_status(tune_status: str | None, last: dict[str, Any]) -> str:
 TRIAL_COLUMNS = [*names.FINAL_METRICS, names.SHARING_METRIC, "epochs_done", "epochs", "status", "complete", "error", "device",
                  "trial_id", "path", "node_ip", "node_id", "hostname", "train_images_per_s", "best_train_acc",
                  "best_train_acc_epoch", "best_train_loss", "best_val_loss", "energy_j", "images_per_j", "energy_source",
-                 "compile_time_s"]
+                 "compile_time_s", "cuda_graph"]
 
 
 def trial_row(record: TrialRecord, columns: list[str]) -> dict[str, Any]:
@@ -91,6 +91,7 @@ def trial_row(record: TrialRecord, columns: list[str]) -> dict[str, Any]:
         "images_per_j": pd.Series([r.get("images_per_j") for r in history], dtype=float).median(),
         "energy_source": last.get("energy_source", ""),
         "compile_time_s": last.get("compile_time_s"),  # train.compile: the last process's compile, apart from epochs
+        "cuda_graph": bool(last.get("cuda_graph", False)),  # the step captured and replayed (train.cuda_graph)
     }
 
 

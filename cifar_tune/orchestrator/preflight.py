@@ -52,6 +52,10 @@ def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:
         if missing:
             raise ConfigError(f"export.enabled: true needs {', '.join(missing)} (pip install -e '.[cpu]', or "
                               "'.[gpu]' on GPU nodes for onnxruntime-gpu) or set export.enabled: false")
+    graph_key = "search.cuda_graph" if plan.searches("cuda_graph") else "train.cuda_graph"
+    if device == "cpu" and True in plan.values("cuda_graph"):
+        raise ConfigError(f"{graph_key}: true captures the training step as a CUDA graph, but the trials train on "
+                          "the CPU (resources.gpus_per_trial: 0); set it to auto (captured only on a GPU) or false")
     for precision in plan.values("precision"):
         problem = device_problem(precision, device)
         if problem and not config.train.allow_slow_precision:

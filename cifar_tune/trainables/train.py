@@ -30,6 +30,7 @@ from cifar_tune.errors import CifarTuneError
 from cifar_tune.models import build_model
 from cifar_tune.names import BEST_FILE, PREDICTIONS_FILE, STATE_FILE
 from cifar_tune.precision import device_problem, policy
+from cifar_tune.trainables.graphed_step import Capture, GraphedStep, capture_cuda_graph, use_cuda_graph
 
 CHECK_EVERY = 20  # steps between loss checks: each one syncs the GPU, so not every step
 
@@ -98,20 +99,23 @@ def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> No
     data_generator.set_state(state["data"])
 
 
-def fused_optimizer(device: torch.device) -> bool | None:
+def fused_optimizer(device: torch.device, graphed: bool = False) -> bool | None:
     """Whether the optimizer runs fused: on CUDA, for every precision alike (the arms compare like with
-    like). Under amp_fp16 it is what keeps the GPU ahead of the host: GradScaler.step hands a fused
-    optimizer its found-inf flag as a tensor, where an unfused one makes it call `.item()`, a host/GPU
-    sync every step (torch/amp/grad_scaler.py, `_maybe_opt_step`). On a CPU there is no such overlap to
-    lose, and the default (foreach) keeps CPU results as they were measured. None: torch's default."""
-    return True if device.type == "cuda" else None
+    like), and wherever the step is captured as a graph (graphed_step.py). Under amp_fp16 it is what
+    keeps the GPU ahead of the host: GradScaler.step hands a fused optimizer its found-inf flag as a
+    tensor, where an unfused one makes it call `.item()`, a host/GPU sync every step
+    (torch/amp/grad_scaler.py, `_maybe_opt_step`). On a CPU there is no such overlap to lose, and the
+    default (foreach) keeps CPU results as they were measured. None: torch's default."""
+    return True if device.type == "cuda" or graphed else None
 
 
 class Trainer:
     """Trains AlexNet on CIFAR-10 for one (train, model) config, one epoch per call."""
 
     def __init__(self, train_cfg: TrainConfig, model_cfg: ModelConfig, data: CifarData,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", capture: Capture | None = None) -> None:
+        """`capture`: for tests, a stand-in for CUDA graph capture that makes a CPU trainer take the
+        graphed path; otherwise train.cuda_graph and the device decide (graphed_step.use_cuda_graph)."""
         self.cfg = train_cfg
         self.model_cfg = model_cfg
         self.device = torch.device(device)
@@ -121,6 +125,11 @@ class Trainer:
             raise PrecisionUnavailableError(
                 f"precision {train_cfg.precision} on {self.device}: {problem} "
                 "(set train.allow_slow_precision: true to run it anyway)")
+
+        if train_cfg.cuda_graph is True and self.device.type != "cuda" and capture is None:
+            raise CifarTuneError(f"train.cuda_graph: true needs a CUDA device; this trial got {self.device} "
+                                 "(set train.cuda_graph: auto to capture only where a GPU is used)")
+        self.graphed = capture is not None or use_cuda_graph(train_cfg.cuda_graph, train_cfg.compile, self.device)
 
         seed_everything(train_cfg.seed, train_cfg.deterministic)
         self.policy.apply_backend_flags()
@@ -153,17 +162,21 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = {}
         self.compile_time_s = self._compile_now() if train_cfg.compile else 0.0
+        # Forward, backward and the optimizer/scaler step, captured as one CUDA graph after a warm-up.
+        self.graphed_step = (GraphedStep(self._step, self.optimizer, self.device, capture or capture_cuda_graph)
+                             if self.graphed else None)
 
     # ------------------------------------------------------------------ setup
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
-        fused = fused_optimizer(self.device)
+        fused = fused_optimizer(self.device, self.graphed)
         if c.optimizer == "sgd":
             return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
                                    nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay, fused=fused)
+        # capturable: AdamW refuses to be captured without it (a fused step computes the same either way).
         return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=(c.momentum, 0.999),
-                                 weight_decay=c.weight_decay, fused=fused)
+                                 weight_decay=c.weight_decay, fused=fused, capturable=self.graphed)
 
     def _make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         sched = torch.optim.lr_scheduler
@@ -241,12 +254,20 @@ class Trainer:
             "training_time_s": self.training_time_s,
             **({"energy_j": energy_j, "images_per_j": steps * bs / energy_j} if energy_j else {}),
             **({"compile_time_s": self.compile_time_s} if self.cfg.compile else {}),  # this process's compile
+            **({"cuda_graph": True} if self.graphed else {}),  # the step captured once and replayed
         }
 
     def _train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the training images `idx`; (loss, correct predictions), on the device."""
         x = normalize(augment(self.train_x[idx], self.data_generator), self.cfg.channels_last)
         y = self.train_y[idx]
+        loss, correct = (self.graphed_step or self._step)(x, y)
+        self.scheduler.step()  # Python floats, outside any graph
+        return loss, correct
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, optimizer and scaler step: all device work, nothing read back, so that
+        it can be captured as a CUDA graph."""
         with self.policy.autocast(self.device.type):
             logits = self.step_model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
@@ -254,7 +275,6 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         return loss.detach(), (logits.argmax(1) == y).sum()
 
     def time_steps(self, steps: int, warmup_steps: int = 0) -> dict[str, float]:
@@ -262,6 +282,8 @@ class Trainer:
         timed ones, synchronized at both ends. For isolated timing (cifar-tune time): the trainer is
         a throwaway, as the steps change its weights and schedule outside any epoch."""
         bs = self.batch_size
+        if self.graphed_step:  # the capture itself is not a step to time
+            warmup_steps = max(warmup_steps, self.graphed_step.steps_before_capture)
         # A schedule long enough for these steps (OneCycleLR refuses to step past its end).
         self.scheduler = self._make_scheduler(max(warmup_steps + steps + 1, self.steps_per_epoch * self.cfg.epochs))
         order = torch.randint(len(self.train_y), ((warmup_steps + steps) * bs,), generator=self.data_generator,
@@ -277,7 +299,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         energy_j = self.energy.joules_since(energy_start)
         self._check_finite(losses, steps)
-        return {"steps": steps, "batch_size": bs, "seconds": seconds, "images_per_s": steps * bs / seconds,
+        return {"steps": steps, "batch_size": bs, "seconds": seconds, "cuda_graph": self.graphed,
+                "images_per_s": steps * bs / seconds,
                 "energy_j": energy_j, "images_per_j": steps * bs / energy_j if energy_j else None,
                 "energy_source": self.energy.describe()}
 
@@ -362,7 +385,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint from another device carries its own choice
-            group["fused"] = fused_optimizer(self.device)
+            group["fused"] = fused_optimizer(self.device, self.graphed)
+            if self.cfg.optimizer == "adamw":
+                group["capturable"] = self.graphed
+        if self.graphed_step:
+            self.graphed_step.reset()  # the optimizer's state tensors were replaced: capture again
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.data_generator)
