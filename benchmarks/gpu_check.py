@@ -23,7 +23,9 @@ seconds for data, the matmul yardstick and 3 epochs of 12,000 images per precisi
 each compiled variant and AOTInductor; about 40 s of interleaved timing):
 1. matmul TFLOP/s per precision on the device (the yardstick for training throughput);
 2. checks: TF32 off under fp32 and on under tf32 (a matmul against float64), autocast dtypes as
-   named, the GradScaler active under amp_fp16 with a fused optimizer (no host sync per step);
+   named, the GradScaler active under amp_fp16 with a fused optimizer (no host sync per step), and
+   per precision the training step captured as a CUDA graph against eager steps (bit-equal weights
+   under deterministic kernels, and both speeds);
 3. trains every precision the device runs well with the Trainer, one precision at a time with the
    device to itself, epochs interleaved; img/s, achieved TFLOP/s against the yardstick, test accuracy;
 4. exports the fp32-trained weights through every variant of cifar_tune.variants that this box can
