@@ -1,58 +1,23 @@
-"""Weights & Biases: which mode to run in, where its files go, and the per-trial logging callback.
+"""Weights & Biases during a run: the per-trial logging callback (mode and folders: wandb_setup.py).
 
 Per-trial runs are logged through Ray Tune's own `WandbLoggerCallback`: each trial gets a logging
 actor of its own, so a slow or unreachable W&B server delays that actor, never the training.
-Runs are grouped by experiment name, tagged `precision:<p>` and `seed:<s>`, carry the trial config,
-and their summary holds the last (final) metrics. Files go to `<experiment dir>/wandb` unless
-WANDB_DIR is set (with cloud storage: ~/.cache/cifar-tune/<name>/wandb, W&B writes local files).
-No API key is ever passed as an argument or written anywhere by cifar-tune: W&B reads it from
-WANDB_API_KEY or ~/.netrc itself.
+Runs are grouped by experiment name (job_type `train`), named `<precision>-s<seed>` (plus the other
+searched values), tagged `precision:<p>` and `seed:<s>`, carry the trial config with `precision`,
+`seed` and every searched key also at its top level (what a W&B filter or grouping reads), and their
+summary holds the last (final) metrics. The run id is the trial id, so a resumed trial continues its
+run. Files go to `<experiment dir>/wandb` unless WANDB_DIR is set (wandb_setup.wandb_dir).
 """
 
 from __future__ import annotations
 
-import netrc
-import os
-from pathlib import Path
 from typing import Any
 
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
+from cifar_tune.plan import search_value
 from cifar_tune.storage import Location
-
-WANDB_HOST = "api.wandb.ai"
-
-
-def has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def resolve_mode(mode: str) -> str:
-    """'auto' -> 'online' with credentials, else 'offline'; other modes as given."""
-    if mode != "auto":
-        return mode
-    return "online" if has_credentials() else "offline"
-
-
-def wandb_dir(experiment: Location) -> Path:
-    """Where W&B writes (it adds its own wandb/ folder): $WANDB_DIR if set, else the experiment
-    folder on local storage, else ~/.cache/cifar-tune/<name> on this machine: W&B keeps its run
-    files on local disk, also when the experiment's storage is a bucket."""
-    if os.environ.get("WANDB_DIR"):
-        return Path(os.environ["WANDB_DIR"])
-    if experiment.is_local:
-        return experiment.local_path
-    return Path.home() / ".cache" / "cifar-tune" / experiment.name
-
-
-def offline_note(folder: Path) -> str:
-    return (f"W&B: no credentials found, logging offline under {folder / 'wandb'}; "
-            f"upload later with `wandb sync {folder / 'wandb'}/offline-run-*`")
+from cifar_tune.wandb_setup import apply_wandb_mode, offline_note, wandb_dir
 
 
 class _ClosingWandbLoggingActor(_WandbLoggingActor):
@@ -75,9 +40,11 @@ class TaggedWandbLoggerCallback(WandbLoggerCallback):
 
     _logger_actor_cls = _ClosingWandbLoggingActor  # Ray's hook for the actor class
 
-    def __init__(self, *args: Any, extra_tags: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, extra_tags: list[str] | None = None, search_keys: list[str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_tags = list(extra_tags or [])
+        self.search_keys = list(search_keys or [])
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # After Ctrl-C, trials that were still running never got their "end" message, and Ray's
@@ -91,21 +58,28 @@ class TaggedWandbLoggerCallback(WandbLoggerCallback):
     def _start_logging_actor(self, trial: Any, exclude_results: list[str], **init_kwargs: Any) -> None:
         train = trial.config.get("train", {})
         tags = [f"precision:{train.get('precision')}", f"seed:{train.get('seed')}", *self.extra_tags]
-        super()._start_logging_actor(trial, exclude_results, **{**init_kwargs, "tags": tags})
+        top = run_keys(trial.config, self.search_keys)
+        config = {**top, **init_kwargs.get("config", {})}
+        super()._start_logging_actor(trial, exclude_results, **{**init_kwargs, "tags": tags, "config": config,
+                                                                "name": run_name(top)})
 
 
-def apply_wandb_mode(config: Any) -> str:
-    """Resolve `wandb.mode` for a run or a resume and tell W&B (and Ray's callback, which
-    otherwise insists on an API key) through WANDB_MODE when it is offline. Returns the mode.
-    A resume needs this too: Tune restores the experiment's W&B callback from its own state."""
-    mode = resolve_mode(config.wandb.mode)
-    if mode == "offline":
-        os.environ["WANDB_MODE"] = mode
-    return mode
+def run_keys(trial_config: dict[str, Any], search_keys: list[str]) -> dict[str, Any]:
+    """precision, seed and every searched key of a trial, flat: a W&B run's top-level config."""
+    keys = dict.fromkeys(["precision", "seed", *search_keys])
+    return {k: search_value(trial_config, k) for k in keys}
 
 
-def trial_callback(config: Any, experiment: Location) -> TaggedWandbLoggerCallback | None:
-    """The per-trial W&B callback for an experiment, or None when W&B is disabled."""
+def run_name(keys: dict[str, Any]) -> str:
+    """`<precision>-s<seed>`, then the other searched values (`lr0.1`): short, and unique per trial."""
+    rest = "-".join(f"{k}{v}" for k, v in keys.items() if k not in ("precision", "seed"))
+    return f"{keys.get('precision')}-s{keys.get('seed')}" + (f"-{rest}" if rest else "")
+
+
+def trial_callback(config: Any, experiment: Location, search_keys: list[str] | None = None
+                   ) -> TaggedWandbLoggerCallback | None:
+    """The per-trial W&B callback for an experiment, or None when W&B is disabled. `search_keys`: the
+    plan's searched keys, put at the top of each run's config and into its name."""
     mode = apply_wandb_mode(config)
     if mode == "disabled":
         return None
@@ -114,4 +88,5 @@ def trial_callback(config: Any, experiment: Location) -> TaggedWandbLoggerCallba
     if mode == "offline" and config.wandb.mode == "auto":
         print(offline_note(folder))
     return TaggedWandbLoggerCallback(project=config.wandb.project, group=config.name, entity=config.wandb.entity,
-                                     mode=mode, dir=str(folder), job_type="train", extra_tags=config.wandb.tags)
+                                     mode=mode, dir=str(folder), job_type="train", extra_tags=config.wandb.tags,
+                                     search_keys=search_keys)

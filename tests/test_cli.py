@@ -43,13 +43,13 @@ def test_run_help_lists_every_config_section(capsys) -> None:
 
 
 def test_dry_run_expands_trials_without_ray(tiny_raw, tmp_path: Path, capsys, monkeypatch) -> None:
-    from cifar_tune.orchestrator import cli
+    from cifar_tune.orchestrator import experiment
 
     def must_not_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a dry run started work")
 
     monkeypatch.setattr("ray.init", must_not_run)
-    monkeypatch.setattr(cli, "run_experiment", must_not_run)
+    monkeypatch.setattr(experiment, "run_experiment", must_not_run)  # what the CLI imports when it runs
     path = _write(tiny_raw, tmp_path / "exp.yaml")
     code = main(["run", str(path), "--dry-run", "--set", "search.precision=[fp32,amp_bf16]",
                  "--set", "search.seed=[0, 1, 2]", "--set", "resources.cpus_per_trial=0.5",

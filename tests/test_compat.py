@@ -63,3 +63,18 @@ def test_old_interrupted_experiment_resumes_where_it_was_moved(old_experiment: P
     exports = json.loads((old_experiment / "exports.json").read_text())
     assert sorted(e["seed"] for e in exports.values()) == [0, 1]
     assert set(pd.read_csv(old_experiment / "bench.csv")["seed"]) == {0, 1}
+
+
+def test_old_experiment_gets_a_dashboard_from_what_it_logged(old_experiment: Path) -> None:
+    """No W&B run files, runs without top-level keys: the dashboard is built from the trials' results
+    and says what it cannot show."""
+    from cifar_tune.analysis.dashboard import make_dashboard
+
+    dashboard, written = make_dashboard(old_experiment, entity="ent", wandb_mode="offline")
+    assert dashboard.logged.source.startswith("the trials' results")
+    assert (old_experiment / "analysis" / "dashboard" / "workspace.json").is_file()
+    assert any("system metrics" in line for line in dashboard.not_shown)
+    assert any(line.startswith("Isolated training speed") for line in dashboard.not_shown)  # no analysis run
+    sections = [s.name for s in dashboard.workspace.sections]
+    assert "Accuracy" in sections and "Speed" in sections
+    assert written["save_command"].endswith(f"--save {old_experiment / 'analysis' / 'dashboard'}")

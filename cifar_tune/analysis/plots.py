@@ -12,6 +12,9 @@ from matplotlib.figure import Figure
 
 from cifar_tune.analysis.stats import mean_ci
 
+# One colour per precision, here and in the W&B dashboard (analysis/dashboard.py); matplotlib's first four.
+PRECISION_COLORS = {"fp32": "#1f77b4", "tf32": "#ff7f0e", "amp_fp16": "#2ca02c", "amp_bf16": "#d62728"}
+
 
 def _figure(width: float, height: float) -> tuple[Figure, Any]:
     # A bare Figure (no pyplot): no GUI backend is chosen and no global figure list grows.
@@ -32,7 +35,8 @@ def plot_metric_per_precision(trials: pd.DataFrame, column: str, label: str, pat
     precisions = sorted(trials["precision"].unique())
     for i, precision in enumerate(precisions):
         values = trials.loc[trials["precision"] == precision, column].dropna() * scale
-        ax.scatter(np.full(len(values), i - 0.1), values, alpha=0.6, label="seeds" if i == 0 else None)
+        ax.scatter(np.full(len(values), i - 0.1), values, alpha=0.6, label="seeds" if i == 0 else None,
+                   color=PRECISION_COLORS.get(precision))
         summary = mean_ci(values, log=log, bounds=bounds)
         err = None if np.isnan(summary["ci_low"]) else [[summary["mean"] - summary["ci_low"]],
                                                          [summary["ci_high"] - summary["mean"]]]
@@ -50,8 +54,9 @@ def plot_val_curves(history: pd.DataFrame, path: Path) -> Path:
     for precision, part in history.groupby("precision"):
         rows = [dict(epoch=epoch, **mean_ci(p["val_acc"] * 100, bounds=(0, 100))) for epoch, p in part.groupby("epoch")]
         curve = pd.DataFrame(rows)
-        ax.plot(curve["epoch"], curve["mean"], label=f"{precision} (n={int(curve['n'].max())})")
-        ax.fill_between(curve["epoch"], curve["ci_low"], curve["ci_high"], alpha=0.2)
+        color = PRECISION_COLORS.get(precision)
+        ax.plot(curve["epoch"], curve["mean"], label=f"{precision} (n={int(curve['n'].max())})", color=color)
+        ax.fill_between(curve["epoch"], curve["ci_low"], curve["ci_high"], alpha=0.2, color=color)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")

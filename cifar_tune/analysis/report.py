@@ -70,7 +70,7 @@ def latency_method(bench: pd.DataFrame) -> str:
             "timed runs. Accuracy change and parity are per trial (every trial's own test set pass), averaged here.")
 
 
-def _markdown(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
+def markdown_table(table: pd.DataFrame, index: bool = False, floats: str = "{:.4g}") -> str:
     if table.empty:
         return "(none)\n"
     frame = table.reset_index() if index else table
@@ -128,21 +128,21 @@ def write_report(analysis: Analysis, out: Path) -> dict[str, Path]:
         parts += ["## What is missing\n", "\n".join(f"- {m}" for m in analysis.missing), ""]
     parts += ["## The original study's table, from this experiment\n",
               "Mean ± 95% CI half-width over seeds (accuracies in %; training accuracy's epoch in brackets).\n",
-              _markdown(analysis.original, index=True),
+              markdown_table(analysis.original, index=True),
               "## Per precision, across seeds\n",
               f"training_time_s and train_images_per_s: {analysis.training_times}.\n",
-              _markdown(analysis.aggregate),
+              markdown_table(analysis.aggregate),
               "## Against the fp32 baseline\n", COMPARISON_METHOD.format(margin=analysis.margin_pp),
-              _markdown(analysis.comparison[[c for c in COMPARISON_COLUMNS if c in analysis.comparison]]
+              markdown_table(analysis.comparison[[c for c in COMPARISON_COLUMNS if c in analysis.comparison]]
                         if not analysis.comparison.empty else analysis.comparison),
               "## Training speed, each precision with the device to itself\n",
-              TIMING_METHOD + _markdown(analysis.timing[[c for c in TIMING_SHOWN if c in analysis.timing]])
+              TIMING_METHOD + markdown_table(analysis.timing[[c for c in TIMING_SHOWN if c in analysis.timing]])
               if not analysis.timing.empty else
               f"Not measured: {analysis.training_times}. `cifar-tune time {exp.path}` measures it.\n",
               "## Image by image: test images only one of the pair gets right\n",
-              _markdown(analysis.per_image),
+              markdown_table(analysis.per_image),
               "## Inference speedup over eager fp32\n",
-              latency_method(exp.bench) + "\n", _markdown(analysis.inference)]
+              latency_method(exp.bench) + "\n", markdown_table(analysis.inference)]
     parts += [f"## {title}\n\n![{title}]({name})\n" for title, name in plots]
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(parts))

@@ -21,7 +21,7 @@ import pandas as pd
 from cifar_tune.analysis.stats import complete_trials
 from cifar_tune.analysis.summary import Analysis
 from cifar_tune.config import WandbConfig
-from cifar_tune.tracking import offline_note, resolve_mode, wandb_dir
+from cifar_tune.wandb_setup import offline_note, resolve_mode, wandb_dir
 
 
 def _table(frame: pd.DataFrame) -> Any:

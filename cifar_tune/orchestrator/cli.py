@@ -12,17 +12,17 @@ import argparse
 import math
 import sys
 
+from cifar_tune.analysis.dashboard import load_specs, make_dashboard, save
 from cifar_tune.analysis.report import analyze_experiment
-from cifar_tune.bench import bench_path
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import CONFIG_FILE, ERROR, RESULTS_FILE, UNFINISHED
-from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
-from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
-from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
-from cifar_tune.orchestrator.timing import time_experiment
 from cifar_tune.plan import SearchPlan
 from cifar_tune.storage import Location
+from cifar_tune.wandb_setup import resolve_mode
+
+# Commands that run Ray or build exports import their modules when called: `analyze` and `dashboard`
+# work from files, on a machine without Ray.
 
 INTERRUPTED = 130  # the shell's code for a SIGINT'ed command
 
@@ -112,6 +112,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="W&B for the analysis run (default: the experiment's wandb.mode)")
     analyze.add_argument("--margin", type=_positive_float, metavar="PP",
                          help="equivalence margin in test-accuracy points (default: the experiment's analysis.margin_pp)")
+
+    dashboard = sub.add_parser(
+        "dashboard", help="build the experiment's W&B workspace and report",
+        description="Build a W&B workspace (the experiment's runs grouped by precision: accuracy, speed, "
+                    "deployment, system, search) and a report reading like report.md, from the search plan and "
+                    "the keys the runs logged. Online: saved. Offline: written as JSON into "
+                    "EXPERIMENT_DIR/analysis/dashboard/, with the command that saves them.")
+    dashboard.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", nargs="?", help="<storage_path>/<name> of a run")
+    dashboard.add_argument("--entity", help="W&B entity (default: wandb.entity, else the key's default entity)")
+    dashboard.add_argument("--project", help="W&B project (default: wandb.project)")
+    dashboard.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"],
+                           help="online saves; anything else only writes the specs (default: wandb.mode)")
+    dashboard.add_argument("--save", metavar="DIR", help="save the specs written earlier into DIR (no experiment, "
+                                                         "checkpoints or Ray needed)")
     return parser
 
 
@@ -124,10 +138,38 @@ def _analyze(args: argparse.Namespace) -> int:
     print(f"\nreport: {written['report.md']}")
     if "wandb_run" in written:
         print(f"W&B analysis run: {written['wandb_run']}")
+    if resolve_mode(args.wandb_mode or analysis.experiment.config.wandb.mode) == "online":
+        try:
+            _, made = make_dashboard(args.experiment_dir, wandb_mode="online")
+            print(f"W&B workspace: {made['workspace_url']}\nW&B report: {made['report_url']}")
+        except Exception as exc:  # the report above is written whatever W&B does
+            print(f"W&B: the dashboard was not saved ({type(exc).__name__}: {exc}); `cifar-tune dashboard` retries")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    if args.save:
+        workspace_url, report_url = save(*load_specs(Location.of(args.save), args.entity, args.project))
+        print(f"W&B workspace: {workspace_url}\nW&B report: {report_url}")
+        return 0
+    if not args.experiment_dir:
+        raise CifarTuneError("cifar-tune dashboard: give EXPERIMENT_DIR, or --save DIR")
+    dashboard, written = make_dashboard(args.experiment_dir, args.entity, args.project, args.wandb_mode)
+    for line in dashboard.not_shown:
+        print(f"not shown: {line}")
+    print(f"keys read from {dashboard.logged.source}")
+    for name in ("workspace.json", "report.json"):
+        print(f"{name}: {written[name]}")
+    if "workspace_url" in written:
+        print(f"W&B workspace: {written['workspace_url']}\nW&B report: {written['report_url']}")
+    else:
+        print(f"not saved (W&B is not online); once online, run:\n  {written['save_command']}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from cifar_tune.bench import bench_path
+
     settings = validate_section(ExportConfig, apply_overrides({}, args.overrides), "export")
     data = validate_section(DataConfig, {"root": args.data_root, "download": False}, "data") if args.data_root else None
     result = bench_path(args.path, data, settings, args.out)
@@ -147,6 +189,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _time(args: argparse.Namespace) -> int:
+    from cifar_tune.orchestrator.timing import time_experiment
+
     source = Location.of(args.config)
     folder = source if source.is_file(CONFIG_FILE) else None  # an experiment folder: time it in place
     config = load_config(folder / CONFIG_FILE if folder else args.config, args.overrides)
@@ -165,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
+        from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
+        from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
+        from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
+
         if args.command == "extend" and args.until_margin:
             for line in extend_until_margin(args.experiment_dir, args.seeds, args.max_seeds, args.address,
                                             args.margin):

@@ -48,9 +48,10 @@ from cifar_tune.orchestrator.search import param_space
 from cifar_tune.orchestrator.timing import time_in_session
 from cifar_tune.plan import SearchPlan
 from cifar_tune.storage import Location, StorageError
-from cifar_tune.tracking import apply_wandb_mode, trial_callback
+from cifar_tune.tracking import trial_callback
 from cifar_tune.trainables.occupancy import find_ledger, start_ledger
 from cifar_tune.trainables.trainable import train_cifar
+from cifar_tune.wandb_setup import apply_wandb_mode
 
 TIMING_FILES = (TIMING_CSV, TIMING_ROUNDS_CSV)  # may precede a run: `cifar-tune time` before `run`
 
@@ -231,7 +232,7 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
 
 def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
     hooks: list[Any] = [LedgerCallback()] + ([ExportCallback(config, plan, data)] if config.export.enabled else [])
-    wandb_hook = trial_callback(config, config.experiment_location())
+    wandb_hook = trial_callback(config, config.experiment_location(), plan.columns)
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
 
