@@ -206,6 +206,11 @@ class WandbConfig(Section):
     project: str = Field("cifar-tune", description="W&B project; runs are grouped by experiment name.")
     entity: str | None = Field(None, description="W&B entity (team or user); null: your default.")
     tags: list[str] = Field(default_factory=list, description="Extra tags on every run (precision and seed are added).")
+    group: str | None = Field(None, description="W&B run group (null: the experiment's name; `extend` keeps its "
+                                                "experiment's, so the dashboard shows the new seeds with the old).")
+
+    def group_for(self, experiment_name: str) -> str:
+        return self.group or experiment_name
 
 
 class AnalysisConfig(Section):

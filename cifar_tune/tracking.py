@@ -87,6 +87,7 @@ def trial_callback(config: Any, experiment: Location, search_keys: list[str] | N
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "offline" and config.wandb.mode == "auto":
         print(offline_note(folder))
-    return TaggedWandbLoggerCallback(project=config.wandb.project, group=config.name, entity=config.wandb.entity,
+    return TaggedWandbLoggerCallback(project=config.wandb.project, group=config.wandb.group_for(config.name),
+                                     entity=config.wandb.entity,
                                      mode=mode, dir=str(folder), job_type="train", extra_tags=config.wandb.tags,
                                      search_keys=search_keys)

@@ -269,3 +269,21 @@ def test_the_preview_draws_the_accuracy_section_from_the_run_files(dashboard: An
     path = preview(dashboard.logged, tmp_path / "preview.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert len(dashboard.logged.trained) == 2 and all(run["history"] for run in dashboard.logged.trained)
+
+
+def test_an_extension_joins_the_group_and_the_dashboard(logged: Path) -> None:
+    """Last in this file: it adds seed 1 to the shared experiment. The new runs land in the experiment's
+    group (not the extension folder's name), and the dashboard reads them with the old ones."""
+    from cifar_tune.analysis.dashboard import make_dashboard
+    from cifar_tune.orchestrator.extend import extend_experiment
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.delenv("WANDB_DIR", raising=False)
+        extend_experiment(logged, seeds=1, quiet=True)
+    new = [r for r in _keys_in_run_files(logged / "extend-1" / "wandb")["runs"] if r["job_type"] == "train"]
+    assert sorted(r["display_name"] for r in new) == sorted(["fp32-s1", f"{SECOND_PRECISION}-s1"])
+    assert {r["run_group"] for r in new} == {"tracked"}
+    dashboard, _ = make_dashboard(logged, entity="ent", wandb_mode="offline")
+    seeds = {run["config"]["seed"] for run in dashboard.logged.trained}
+    assert seeds == {0, 1} and "1 extension" in dashboard.logged.source

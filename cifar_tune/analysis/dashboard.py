@@ -22,6 +22,7 @@ from cifar_tune.analysis.load import load_experiment
 from cifar_tune.analysis.plots import PRECISION_COLORS
 from cifar_tune.analysis.report import COMPARISON_COLUMNS, latency_method, markdown_table
 from cifar_tune.analysis.summary import Analysis, analyze
+from cifar_tune.analysis.trials import extension_dirs
 from cifar_tune.names import ANALYSIS_DIR
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import resolve_mode, wandb_dir
@@ -72,11 +73,15 @@ def read_logged(experiment: Any) -> Logged:
     """The keys `experiment`'s runs (those of its group) logged: from the W&B run files on this machine,
     else the trials' own results (no system metrics, no analysis run)."""
     logged = Logged()
-    runs = sorted((wandb_dir(experiment.path) / "wandb").glob("*run-*"))
+    group = experiment.config.wandb.group_for(experiment.path.name)
+    folders = [wandb_dir(experiment.path) / "wandb"]  # and each extension's (`extend` runs join the group)
+    if experiment.path.is_local:
+        folders += [wandb_dir(Location.of(ext)) / "wandb" for ext in extension_dirs(experiment.path.local_path)]
+    runs = sorted({d for folder in folders for d in folder.glob("*run-*")})  # one folder if WANDB_DIR is set
     for run_dir in (d for d in runs if d.is_dir() and any(d.glob("*.wandb"))):
         records = _records(run_dir)
         run = next((r["run"] for r in records if r["type"] == "run"), {})
-        if run.get("run_group") != experiment.path.name:
+        if run.get("run_group") != group:
             continue
         logged.runs += 1
         history = set().union(*(r["history"]["item"] for r in records if r["type"] == "history"))
@@ -94,7 +99,8 @@ def read_logged(experiment: Any) -> Logged:
         logged.trained.append({"config": run.get("config", {}).get("update", {}), "summary": summary_values,
                                "history": [r["history"]["item"] for r in records if r["type"] == "history"]})
     if logged.runs:
-        logged.source = f"{logged.runs} W&B run file(s) under {wandb_dir(experiment.path) / 'wandb'}"
+        logged.source = f"{logged.runs} W&B run file(s) of group {group!r} under {folders[0]}" + \
+            (f" and {len(folders) - 1} extension(s)" if len(folders) > 1 else "")
         return logged
     history = experiment.history
     logged.history = set(history.columns) if not history.empty else set()
@@ -131,7 +137,8 @@ def build(analysis: Analysis, entity: str | None, project: str | None, logged: L
     from wandb_workspaces import expr
 
     exp = analysis.experiment
-    name, searched = exp.path.name, [c for c in exp.search_columns if c not in ("precision", "seed")]
+    name, searched = exp.config.wandb.group_for(exp.path.name), [c for c in exp.search_columns
+                                                                  if c not in ("precision", "seed")]
     entity, project = entity or exp.config.wandb.entity or ENTITY_UNSET, project or exp.config.wandb.project
     logged = logged or read_logged(exp)
     p = _Panels(logged)

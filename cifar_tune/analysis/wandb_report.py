@@ -64,7 +64,8 @@ def publish(analysis: Analysis, settings: WandbConfig, mode: str, images: dict[s
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "offline" and settings.mode == "auto":
         print(offline_note(folder))
-    run = wandb.init(project=settings.project, entity=settings.entity, group=exp.path.name, job_type="analysis",
+    run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group_for(exp.path.name),
+                     job_type="analysis",
                      name=f"{exp.path.name}-analysis", tags=["analysis", *settings.tags], mode=mode, dir=str(folder),
                      config={"experiment": exp.path.name, "search_columns": exp.search_columns,
                              "trials": len(exp.trials)}, reinit="finish_previous")

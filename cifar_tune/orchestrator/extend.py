@@ -56,6 +56,7 @@ def extend_experiment(path: str | Path, seeds: int, address: str | None = None, 
     raw = config.model_dump(mode="json")
     raw.update(name=f"{EXTENSION_PREFIX}{k}", storage_path=location.uri,
                search={**raw["search"], "seed": list(range(first, first + seeds))})
+    raw["wandb"]["group"] = config.wandb.group_for(location.name)  # its runs join the experiment's group
     if address:
         raw["ray"]["address"] = address
     if margin_pp is not None:
