@@ -271,6 +271,25 @@ def test_the_preview_draws_the_accuracy_section_from_the_run_files(dashboard: An
     assert len(dashboard.logged.trained) == 2 and all(run["history"] for run in dashboard.logged.trained)
 
 
+def test_analyze_saves_the_dashboard_when_wandb_is_online(logged: Path, monkeypatch, capsys) -> None:
+    """Online, `cifar-tune analyze` goes on to save the dashboard (here to the local recorder); the
+    analysis run itself is left out (it would need the real service)."""
+    from cifar_tune.analysis import report as report_mod
+    from cifar_tune.orchestrator import cli
+
+    from graphql_server import GraphQLRecorder
+
+    monkeypatch.setattr(report_mod, "publish", lambda *args, **kwargs: None)
+    with GraphQLRecorder(entity="ent") as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("WANDB_MODE", "online")
+        assert cli.main(["analyze", str(logged), "--wandb-mode", "online"]) == 0
+        views = server.views()
+    assert [v["type"] for v in views] == ["project-view", "runs"] and views[0]["entityName"] == "ent"
+    assert f"W&B workspace: {server.url}/ent/cifar-tune?nw=" in capsys.readouterr().out
+
+
 def test_an_extension_joins_the_group_and_the_dashboard(logged: Path) -> None:
     """Last in this file: it adds seed 1 to the shared experiment. The new runs land in the experiment's
     group (not the extension folder's name), and the dashboard reads them with the old ones."""
