@@ -483,7 +483,7 @@ def _yaml_value(value: Any) -> str:
 
 
 def describe_schema() -> str:
-    """The config reference as YAML: every key, its default and its help text. The README's
+    """The config reference as YAML: every key, its default and its help text. docs/configuration.md's
     config block is this text (tests/test_docs.py), and `cifar-tune run --help` prints it."""
     lines = []
     for name, field in ExperimentConfig.model_fields.items():

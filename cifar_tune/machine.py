@@ -221,7 +221,7 @@ def _aoti(device: torch.device) -> str | None:
 def _ort(provider: str) -> Any:
     def check(device: torch.device) -> str | None:
         problem = ort_provider_loads(provider, device.index or 0)
-        return f"ONNX Runtime's {provider}: {problem}; install onnxruntime-gpu (README: GPU nodes)" if problem else None
+        return f"ONNX Runtime's {provider}: {problem}; install onnxruntime-gpu (README: On a GPU)" if problem else None
     return check
 
 

@@ -59,7 +59,7 @@ ENERGY_METRICS = ("energy_j", "images_per_j")
 TEST_METRICS = ("test_loss", "test_acc", "test_time_s", "energy_source")
 # A trial's final numbers, as the trial table carries them.
 FINAL_METRICS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "test_time_s", "training_time_s")
-# The columns of results.csv after the searched keys (documented in the README).
+# The columns of results.csv after the searched keys (documented in docs/training.md).
 RESULTS_COLUMNS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "training_time_s", "trials_sharing_device",
                    "epochs_done", "status", "error", "device", "trial_id", "path", "node_ip", "node_id", "hostname")
 SHARING_METRIC = "trials_sharing_device"  # per epoch: the most trials on this trial's device during it

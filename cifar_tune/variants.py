@@ -2,7 +2,7 @@
 
 Everything else is derived from `REGISTRY`: the names `export.variants` accepts (and their order),
 what `cifar_tune.export.build_variants` builds or skips with the reason (the requirements are
-checked by `cifar_tune.machine.unmet`), the README's table (`markdown_table`), the tests' fast list
+checked by `cifar_tune.machine.unmet`), docs/deployment.md's table (`markdown_table`), the tests' fast list
 and benchmarks/gpu_check.py's list. Plain data: importing this module loads no torch.
 """
 
@@ -34,7 +34,7 @@ class VariantSpec:
     runtime: str  # what runs it: torch, torch.compile, AOTInductor, ONNX Runtime (the provider is read at load)
     file: str | None  # the artifact in the trial's export/ folder, if it is a file
     needs: tuple[str, ...]  # requirements above, all of which must hold on the export's device
-    what: str  # one line for the README's table
+    what: str  # one line for docs/deployment.md's table
     cpu_only: bool = False  # runs on the CPU whatever the export's device (onnx_int8: CPU kernels)
     compile_mode: str | None = None  # torch.compile's mode (compiled variants only)
     freezing: bool = False  # inductor's freezing (compiled variants only)
@@ -90,7 +90,7 @@ VARIANTS = tuple(SPECS)  # every name, in the order they are built and listed
 
 
 def markdown_table() -> str:
-    """The README's table of variants, from the registry (tests/test_docs.py keeps them equal)."""
+    """docs/deployment.md's table of variants, from the registry (tests/test_docs.py keeps them equal)."""
     lines = ["| variant | precision | runtime | file | needs | what |", "|---|---|---|---|---|---|"]
     for s in REGISTRY:
         needs = (", ".join(s.needs) or "nothing") + (" (runs on the CPU)" if s.cpu_only else "")

@@ -1,6 +1,6 @@
 """deploy/: what can be checked without a cloud account. The cluster-launcher YAML passes Ray's own
 schema, the KubeRay RayJob is well formed, both install cifar-tune with the README's node install
-line and hold no credentials, and the RayJob's entrypoint, the command the README documents,
+line and hold no credentials, and the RayJob's entrypoint, the command docs/cluster.md documents,
 passes `--dry-run` as it would run under the job (RAY_ADDRESS set)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from cifar_tune.orchestrator.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 README = (ROOT / "README.md").read_text()
+CLUSTER_DOC = (ROOT / "docs" / "cluster.md").read_text()
 NODE_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 -e '.[gpu]'"
 
 
@@ -38,7 +39,7 @@ def test_the_rayjob_manifest_runs_the_documented_command() -> None:
     job = yaml.safe_load((DEPLOY / "rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
-    assert spec["entrypoint"] in README  # the README documents exactly this command
+    assert spec["entrypoint"] in CLUSTER_DOC  # docs/cluster.md documents exactly this command
     cluster = spec["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
     images = {c["image"] for pod in pods for c in pod["spec"]["containers"]}

@@ -274,10 +274,10 @@ def test_the_preview_draws_the_accuracy_section_from_the_run_files(dashboard: An
 def test_analyze_saves_the_dashboard_when_wandb_is_online(logged: Path, monkeypatch, capsys) -> None:
     """Online, `cifar-tune analyze` goes on to save the dashboard (here to the local recorder); the
     analysis run itself is left out (it would need the real service)."""
+    from graphql_server import GraphQLRecorder
+
     from cifar_tune.analysis import report as report_mod
     from cifar_tune.orchestrator import cli
-
-    from graphql_server import GraphQLRecorder
 
     monkeypatch.setattr(report_mod, "publish", lambda *args, **kwargs: None)
     with GraphQLRecorder(entity="ent") as server:
