@@ -103,3 +103,23 @@ def test_readme_is_a_first_page_and_every_link_resolves() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's id for a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_readme_quotes_only_figures_results_md_holds_and_its_anchors_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    table = readme[readme.index("## Today's results"):readme.index("## What the main job prints")]
+    figures = re.findall(r"[+-]?\d+\.\d+(?:x| pp|%)", table)
+    assert len(figures) >= 8
+    missing = [f for f in figures if f not in results]
+    assert missing == [], f"README quotes figures RESULTS.md does not hold: {missing}"
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", results, re.M)}
+    for page in [readme, results]:
+        for target in re.findall(r"(?:RESULTS\.md)?#([\w\-]+)\)", page):
+            assert target in anchors, f"no heading in RESULTS.md for #{target}"
