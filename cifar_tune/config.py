@@ -231,6 +231,9 @@ class TimingConfig(Section):
 
 
 class DebugConfig(Section):
+    """No longer part of the schema (fault injection moved to cifar_tune/faults.py): kept so that
+    experiments whose Tune state pickled a config with it still resume."""
+
     fail_at_epoch: int | None = Field(
         None, gt=0, description="Testing aid: a trial raises once, right after checkpointing this epoch."
     )
@@ -317,7 +320,17 @@ class ExperimentConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     timing: TimingConfig = Field(default_factory=TimingConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
-    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_old_debug_section(cls, raw: Any) -> Any:
+        """Configs saved before 0.4 carry `debug:` (fault injection, all null outside the tests): ignored."""
+        if isinstance(raw, dict) and "debug" in raw:
+            if any(v is not None for v in (raw.get("debug") or {}).values()):
+                raise ValueError("debug: fault injection is no longer a config section (the tests set "
+                                 "CIFAR_TUNE_FAULTS; see cifar_tune/faults.py); remove it")
+            raw = {k: v for k, v in raw.items() if k != "debug"}
+        return raw
 
     @field_validator("name")
     @classmethod

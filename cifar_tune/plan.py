@@ -1,6 +1,7 @@
 """The search plan: what an experiment will run, derived once from a validated config.
 
-    plan = SearchPlan.of(config)
+    config, plan, notes = plan_experiment(config)   # the one entry point: `auto` expanded, then planned
+    plan = SearchPlan.of(config)                    # for a config already expanded (a saved one)
     plan.columns        ['precision', 'seed']: the searched keys, as result-table columns
     plan.trials         one dict per trial Tune will run (grids crossed, num_samples repeats)
     plan.values("precision")   every value a train/model field takes in this experiment
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cifar_tune.config import AUTO, ExperimentConfig, resolve_search_key
+from cifar_tune.precision import well_run_precisions
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class SearchPlan:
     @classmethod
     def of(cls, config: ExperimentConfig) -> SearchPlan:
         """The plan of a config whose `search.precision: auto` (if any) is already expanded for the
-        trials' device (`cifar_tune.orchestrator.preflight.resolve_precisions`)."""
+        trials' device: a saved config, or `plan_experiment`'s."""
         if any(spec == AUTO for spec in config.search.values()):
             raise ValueError("search.precision: auto must be expanded for the trials' device before planning")
         entries = tuple(SearchEntry(*resolve_search_key(key), spec) for key, spec in config.search.items())
@@ -93,3 +95,24 @@ def search_value(trial_config: dict[str, Any], column: str) -> Any:
         if column in (trial_config.get(section) or {}):
             return trial_config[section][column]
     return None
+
+
+def trial_device(config: ExperimentConfig) -> str:
+    """The device type trials will train on: 'cuda' when they ask for a GPU share, else 'cpu'."""
+    return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
+
+
+def plan_experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, SearchPlan, list[str]]:
+    """What every command that runs a config starts with: `search.precision: auto` expanded to the
+    precisions the trials' device runs well (the returned config is a copy, and the one to save, so
+    a resume runs the same trials), its plan, and one line per precision left out, saying why."""
+    key = next((k for k, spec in config.search.items() if spec == AUTO), None)
+    if key is None:
+        return config, SearchPlan.of(config), []
+    device = trial_device(config)
+    kept, left_out = well_run_precisions(device)
+    resolved = config.model_copy(deep=True)
+    resolved.search[key] = kept
+    notes = [f"search.precision: auto on {device}: running {', '.join(kept)}"]
+    notes += [f"  left out {name}: {why}" for name, why in left_out.items()]
+    return resolved, SearchPlan.of(resolved), notes

@@ -4,6 +4,7 @@ that runs well on whatever CPU the suite finds itself on."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,10 @@ def _restore_torch_flags() -> Iterator[None]:
     torch.set_float32_matmul_precision(saved[4])
     torch.use_deterministic_algorithms(saved[5])
     torch.set_num_threads(saved[6])
+
+
+def inject_faults(monkeypatch: pytest.MonkeyPatch, **faults: int) -> None:
+    """Ask the next run or resume for the given faults (cifar_tune/faults.py): the driver reads them."""
+    from cifar_tune.faults import ENV
+
+    monkeypatch.setenv(ENV, json.dumps(faults))

@@ -13,7 +13,7 @@ from cifar_tune.analysis.load import load_experiment
 from cifar_tune.config import validate_config
 from cifar_tune.orchestrator.cli import main
 
-from conftest import ALLOW_SECOND, FAST_VARIANTS, SECOND_PRECISION
+from conftest import ALLOW_SECOND, FAST_VARIANTS, SECOND_PRECISION, inject_faults
 
 pytestmark = pytest.mark.usefixtures("ray_for_tests")
 QUICK_EXPORT = {"enabled": True, "batch_sizes": [1, 4], "warmup_runs": 1, "min_runs": 2, "min_duration_s": 0.0,
@@ -77,8 +77,9 @@ def test_analyze_writes_report_plots_and_csvs(smoke: Path, capsys) -> None:
     assert (speedups.loc[speedups["variant"] == "eager_fp32", "speedup"] == 1.0).all()
 
 
-def test_analyze_a_partial_experiment_says_what_is_missing(tiny_raw, tmp_path: Path) -> None:
-    raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "debug": {"fail_at_epoch": 2}}
+def test_analyze_a_partial_experiment_says_what_is_missing(tiny_raw, tmp_path: Path, monkeypatch) -> None:
+    inject_faults(monkeypatch, fail_at_epoch=2)
+    raw = {**tiny_raw, "search": {"epochs": [2, 3]}}
     path = run_experiment(validate_config(raw), quiet=True).path
     # The data has moved away since: analysis reads the experiment's files alone.
     saved = path / "cifar_tune_config.yaml"

@@ -52,7 +52,7 @@ def test_readme_config_reference_lists_every_key_with_its_default() -> None:
     documented = yaml.safe_load(block)
     assert _yaml_keys(documented) == _schema_keys()
     defaults = ExperimentConfig().model_dump()
-    for section in ("model", "train", "tune", "resources", "ray", "export", "wandb", "debug"):
+    for section in ("model", "train", "tune", "resources", "ray", "export", "wandb"):
         assert documented[section] == defaults[section], section
 
 

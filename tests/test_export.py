@@ -41,7 +41,7 @@ from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
 from cifar_tune.trainables.train import Trainer
 
-from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION
+from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION, inject_faults
 
 QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration_s=0.0, calibration_images=64,
                      end_to_end=False, variants=FAST_VARIANTS)
@@ -222,12 +222,13 @@ def test_end_of_run_summary_and_report_use_one_speedup() -> None:
     assert fastest_variants(bench).loc[0, "speedup, batch 1"] == pytest.approx(report)
 
 
-def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_tests, capsys) -> None:
+def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_tests, capsys, monkeypatch) -> None:
     from cifar_tune import run_experiment
 
     quick = {**QUICK.model_dump(), "enabled": True, "cpus": 1, "timeout_s": 600}
     # Three 1-CPU trials on a 2-CPU Ray: when the first exports launch, trials hold every CPU.
-    raw = {**tiny_raw, "search": {"seed": [0, 1, 2]}, "export": quick, "debug": {"fail_export_seed": 1}}
+    inject_faults(monkeypatch, fail_export_seed=1)
+    raw = {**tiny_raw, "search": {"seed": [0, 1, 2]}, "export": quick}
     outcome = run_experiment(validate_config(raw), quiet=True)
     assert list(outcome.table["status"]) == ["TERMINATED"] * 3
 
@@ -276,12 +277,13 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     assert "not a trial directory" in capsys.readouterr().err
 
 
-def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw, ray_for_tests) -> None:
+def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw, ray_for_tests, monkeypatch) -> None:
     from cifar_tune import resume_experiment, run_experiment
 
     quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
     # epochs=2 finishes (and is exported); epochs=3 fails after epoch 2 and is finished by resume.
-    raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "export": quick, "debug": {"fail_at_epoch": 2}}
+    inject_faults(monkeypatch, fail_at_epoch=2)
+    raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "export": quick}
     first = run_experiment(validate_config(raw), quiet=True)
     assert sorted(first.table["status"]) == ["ERROR", "TERMINATED"]
     assert set(first.bench["epochs"]) == {2}
@@ -293,11 +295,12 @@ def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw,
     assert sorted(e["status"] for e in exports.values()) == ["ok", "ok"]
 
 
-def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray_for_tests) -> None:
+def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray_for_tests, monkeypatch) -> None:
     from cifar_tune import run_experiment
 
     quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
-    raw = {**tiny_raw, "search": {"seed": [0, 1]}, "export": quick, "debug": {"crash_export_seed": 1},
+    inject_faults(monkeypatch, crash_export_seed=1)
+    raw = {**tiny_raw, "search": {"seed": [0, 1]}, "export": quick,
            "train": {**tiny_raw["train"], "epochs": 1}}
     outcome = run_experiment(validate_config(raw), quiet=True)
     assert list(outcome.table["status"]) == ["TERMINATED", "TERMINATED"]  # the experiment is unaffected

@@ -13,7 +13,7 @@ from cifar_tune.analysis import analyze_experiment, load_experiment
 from cifar_tune.orchestrator import extend as extend_mod
 from cifar_tune.orchestrator.cli import main
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION
+from conftest import ALLOW_SECOND, SECOND_PRECISION, inject_faults
 
 
 @pytest.fixture
@@ -46,34 +46,54 @@ def test_extend_adds_new_seeds_that_the_analysis_merges(two_arms: Path, capsys) 
     assert (two_arms / "extend-2").is_dir()
 
 
-def test_until_margin_stops_when_narrow_enough_or_at_max_seeds(two_arms: Path, capsys, monkeypatch) -> None:
+def test_until_margin_needs_three_pairs_and_stops_when_narrow_enough_or_at_max_seeds(two_arms: Path, capsys,
+                                                                                    monkeypatch) -> None:
+    """Holds whatever the arms score on this CPU: two pairs never end the loop, three within ±100 pp do
+    (as a measured width, or as identical results where every pair scored the same)."""
     capsys.readouterr()
-    assert main(["extend", str(two_arms), "--until-margin", "--margin", "100"]) == 0  # already within ±100 pp
-    assert "every comparison's 95% interval is within ±100 pp" in capsys.readouterr().out
+    assert main(["extend", str(two_arms), "--until-margin", "--margin", "100", "--max-seeds", "2"]) == 0
+    assert "stopped at --max-seeds 2: 2 seed pair(s), and an interval needs at least 3" in capsys.readouterr().out
     assert not (two_arms / "extend-1").exists()
 
-    # One epoch on 100 test images: on some CPUs both arms score alike on both seeds, a paired interval of
-    # width zero that would end the loop at once. Widen every interval by a point, as seeds that disagree would.
+    assert main(["extend", str(two_arms), "--until-margin", "--margin", "100", "--seeds", "1", "--max-seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 seeds: 2 seed pair(s), and an interval needs at least 3; adding 1" in out
+    assert "within ±100 pp with 3 seeds" in out or "identical results on all 3 seed pairs" in out
+    assert sorted(set(load_experiment(two_arms).trials["seed"])) == [0, 1, 2]
+
     real = extend_mod.analyze
 
-    def wider(*args, **kwargs):
+    def wider(*args, **kwargs):  # seeds that disagree by a point: too wide for a tiny margin
         analysis = real(*args, **kwargs)
         analysis.comparison["ci_low_pp"] -= 0.5
         analysis.comparison["ci_high_pp"] += 0.5
         return analysis
 
     monkeypatch.setattr(extend_mod, "analyze", wider)
-    assert main(["extend", str(two_arms), "--until-margin", "--margin", "0.0001", "--seeds", "1",
-                 "--max-seeds", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "2 seeds: largest half-width" in out and "stopped at --max-seeds 3" in out
-    assert sorted(set(load_experiment(two_arms).trials["seed"])) == [0, 1, 2]
+    assert main(["extend", str(two_arms), "--until-margin", "--margin", "0.0001", "--max-seeds", "3"]) == 0
+    assert "stopped at --max-seeds 3: largest half-width" in capsys.readouterr().out
 
 
-def test_extend_refuses_while_the_last_extension_is_unfinished(two_arms: Path, capsys) -> None:
+def test_an_interval_of_zero_width_is_reported_as_identical_results(two_arms: Path, monkeypatch) -> None:
+    """Every pair scoring the same (tf32 and fp32 on a CPU) is no measured width."""
+    real = extend_mod.analyze
+
+    def identical(*args, **kwargs):
+        analysis = real(*args, **kwargs)
+        analysis.comparison["n_pairs"] = 3
+        analysis.comparison[["mean_diff_pp", "ci_low_pp", "ci_high_pp"]] = 0.0
+        return analysis
+
+    monkeypatch.setattr(extend_mod, "analyze", identical)
+    lines = extend_mod.extend_until_margin(two_arms, step=1, max_seeds=5, quiet=True)
+    assert lines == [lines[-1]] and "identical results on all 3 seed pairs" in lines[-1]
+    assert "half-width" not in lines[-1]
+
+
+def test_extend_refuses_while_the_last_extension_is_unfinished(two_arms: Path, capsys, monkeypatch) -> None:
     failing = yaml.safe_load((two_arms / "cifar_tune_config.yaml").read_text())
-    (two_arms / "cifar_tune_config.yaml").write_text(yaml.safe_dump({**failing, "debug": {"fail_at_epoch": 1},
-                                                                     "train": {**failing["train"], "epochs": 2}}))
+    (two_arms / "cifar_tune_config.yaml").write_text(yaml.safe_dump({**failing, "train": {**failing["train"], "epochs": 2}}))
+    inject_faults(monkeypatch, fail_at_epoch=1)
     assert main(["extend", str(two_arms), "--seeds", "1"]) == 1  # its trials failed, as injected
     capsys.readouterr()
     assert main(["extend", str(two_arms), "--seeds", "1"]) == 2

@@ -15,6 +15,8 @@ import yaml
 
 from cifar_tune.orchestrator.cli import main
 
+from conftest import inject_faults
+
 CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
 
 
@@ -83,11 +85,12 @@ def test_ctrl_c_stops_within_seconds_and_resume_continues_the_same_wandb_runs(ti
 
 
 @pytest.mark.usefixtures("ray_for_tests")
-def test_resume_from_a_truncated_checkpoint_names_the_file_and_never_restarts(tiny_raw) -> None:
+def test_resume_from_a_truncated_checkpoint_names_the_file_and_never_restarts(tiny_raw, monkeypatch) -> None:
     from cifar_tune import resume_experiment, run_experiment, validate_config
 
     # Fails after epoch 2 of 3 (after its checkpoint), is not retried: resume must continue from it.
-    raw = {**tiny_raw, "debug": {"fail_at_epoch": 2}}
+    inject_faults(monkeypatch, fail_at_epoch=2)
+    raw = dict(tiny_raw)
     first = run_experiment(validate_config(raw), quiet=True)
     assert first.table["status"].tolist() == ["ERROR"]
     latest = max(Path(first.table["path"].item()).glob("checkpoint_*"))

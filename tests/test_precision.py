@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cifar_tune.config import ConfigError, validate_config
-from cifar_tune.orchestrator.preflight import describe_plan, preflight, resolve_precisions
-from cifar_tune.plan import SearchPlan
+from cifar_tune.orchestrator.preflight import describe_plan, preflight
+from cifar_tune.plan import SearchPlan, plan_experiment
 from cifar_tune.precision import POLICIES, device_problem, policy, well_run_precisions
 
 
@@ -125,11 +125,13 @@ def test_auto_precision_on_a_gpu_this_process_cannot_see(monkeypatch) -> None:
 def test_preflight_expands_auto_and_explains(tiny_raw, monkeypatch) -> None:
     _simulate_cpu(monkeypatch, bf16=False)  # an AVX2-only CPU
     config = validate_config({**tiny_raw, "search": {"precision": "auto", "seed": [0, 1]}})
-    resolved, notes = resolve_precisions(config)
+    resolved, plan, notes = plan_experiment(config)
     assert resolved.search["precision"] == ["fp32"] and config.search["precision"] == "auto"
     assert notes[0] == "search.precision: auto on cpu: running fp32"
     assert any(line.startswith("  left out amp_bf16: bf16 autocast on this CPU") for line in notes)
-    assert len(SearchPlan.of(resolved).trials) == 2
+    assert len(plan.trials) == 2 and plan.values("precision") == ["fp32"]
+    with pytest.raises(ValueError, match="must be expanded"):  # the one entry point; planning alone refuses auto
+        SearchPlan.of(config)
     # An explicit list keeps the strict refusal.
     with pytest.raises(ConfigError, match="search.precision: 'amp_bf16' on cpu: .*emulated"):
         _preflight({**tiny_raw, "search": {"precision": ["fp32", "amp_bf16"]}})

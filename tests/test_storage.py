@@ -176,10 +176,10 @@ def test_an_experiment_on_s3_writes_everything_to_the_bucket(s3: str, tiny_raw, 
 
 @pytest.mark.slow
 def test_resume_from_s3_finishes_the_experiment(s3: str, tiny_raw, tmp_path: Path) -> None:
-    raw = {**tiny_raw, "storage_path": "s3://bars/resumed", "debug": {"fail_at_epoch": 2}}
+    raw = {**tiny_raw, "storage_path": "s3://bars/resumed"}
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(raw))
-    first = _run(["run", str(config)], s3, tmp_path)
+    first = _run(["run", str(config)], s3, tmp_path, CIFAR_TUNE_FAULTS=json.dumps({"fail_at_epoch": 2}))
     assert first.returncode == 1, first.stderr[-3000:]  # the trial failed after epoch 2, as injected
     table = _csv(s3, "resumed/tiny/results.csv")
     assert list(table["status"]) == ["ERROR"]

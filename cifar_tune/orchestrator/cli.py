@@ -17,7 +17,7 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import CONFIG_FILE, ERROR, RESULTS_FILE, UNFINISHED
-from cifar_tune.plan import SearchPlan
+from cifar_tune.plan import plan_experiment
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import resolve_mode
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             return _dashboard(args)
         from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
         from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
-        from cifar_tune.orchestrator.preflight import describe_plan, resolve_precisions
+        from cifar_tune.orchestrator.preflight import describe_plan
 
         if args.command == "extend" and args.until_margin:
             for line in extend_until_margin(args.experiment_dir, args.seeds, args.max_seeds, args.address,
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.address:
                 config.ray.address = args.address
             if args.dry_run:
-                config, notes = resolve_precisions(config)
-                print(describe_plan(config, SearchPlan.of(config), notes))
+                config, plan, notes = plan_experiment(config)
+                print(describe_plan(config, plan, notes))
                 return 0
             outcome = run_experiment(config)
     except CifarTuneError as exc:

@@ -31,6 +31,7 @@ from cifar_tune.analysis.stats import fastest_variants
 from cifar_tune.analysis.trials import format_table, results_view, trial_table
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
+from cifar_tune.faults import current_faults
 from cifar_tune.names import (
     BENCH_CSV,
     CHECKPOINT_SCORE,
@@ -43,10 +44,10 @@ from cifar_tune.names import (
 )
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
-from cifar_tune.orchestrator.preflight import preflight, resolve_precisions
+from cifar_tune.orchestrator.preflight import preflight
 from cifar_tune.orchestrator.search import param_space
 from cifar_tune.orchestrator.timing import time_in_session
-from cifar_tune.plan import SearchPlan
+from cifar_tune.plan import SearchPlan, plan_experiment
 from cifar_tune.storage import Location, StorageError
 from cifar_tune.tracking import trial_callback
 from cifar_tune.trainables.occupancy import find_ledger, start_ledger
@@ -72,7 +73,8 @@ class ExperimentOutcome:
 
 def make_trainable(config: ExperimentConfig, data: CifarData) -> Any:
     resources = {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_cifar, data=data), resources)
+    # The tests' injected faults travel with the data, never in the trial config (cifar_tune/faults.py).
+    return tune.with_resources(tune.with_parameters(train_cifar, data=data, faults=current_faults()), resources)
 
 
 class LedgerCallback(tune.Callback):
@@ -266,10 +268,9 @@ def _time_if_asked(config: ExperimentConfig, data: CifarData, folder: Location, 
 
 def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quiet: bool = False) -> ExperimentOutcome:
     """Run every trial of `config` on Ray Tune and return the results table."""
-    config, notes = resolve_precisions(config)
+    config, plan, notes = plan_experiment(config)
     for line in [] if quiet else notes:
         print(line)
-    plan = SearchPlan.of(config)
     preflight(config, plan)
     folder = config.experiment_location()
     _check_fresh(config, folder)
@@ -292,8 +293,7 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     config = load_config(path / CONFIG_FILE)
     if address:
         config.ray.address = address
-    config, _ = resolve_precisions(config)  # only an experiment saved before `auto` was expanded has one
-    plan = SearchPlan.of(config)
+    config, plan, _ = plan_experiment(config)  # only an experiment saved before `auto` was expanded has one
     apply_wandb_mode(config)  # Tune restores the run's W&B callback; W&B must be told its mode again
     preflight(config, plan)
     data = load_data(config.data)

@@ -46,6 +46,7 @@ from cifar_tune.bench import bench_checkpoint, time_export
 from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
+from cifar_tune.faults import current_faults
 from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.timing import isolated_node
 from cifar_tune.plan import SearchPlan, search_value
@@ -59,7 +60,7 @@ def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Te
     storage; the export files go to `out_uri` (a folder or a cloud URI), compiled packages the
     trials share to `cache_uri`. Device: what torch sees here."""
     if inject_failure:
-        raise RuntimeError("debug.fail_export_seed: export failure injected for this trial")
+        raise RuntimeError("fail_export_seed: export failure injected for this trial (a test's fault)")
     out = Location.of(out_uri)
     if inject_crash:  # the worker process dies, as an out-of-memory kill would take it
         out.write_text("crashed_attempts.txt", (out.read_text("crashed_attempts.txt") if out.exists("crashed_attempts.txt")
@@ -173,6 +174,7 @@ class ExportCallback(tune.Callback):
         self.sources: dict[str, tuple[Any, str]] = {}  # trial id -> (checkpoint, export folder URI)
         self.latency: dict[str, Any] = {}  # the one timing of this run: {"bench": rows, ...} or {"error": ...}
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
+        self.faults = current_faults()  # what the tests inject (cifar_tune/faults.py): none otherwise
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
@@ -188,6 +190,7 @@ class ExportCallback(tune.Callback):
         self.queued, self._checked_at = [], -math.inf
         self.sources, self.latency = {}, {}
         self.experiment_dir = None
+        self.faults = current_faults()  # read again on resume, never pickled
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
@@ -212,8 +215,8 @@ class ExportCallback(tune.Callback):
         task = export_on_gpu if gpus > 0 else export_on_cpu
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
             checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
-            self.config.data.root, train.get("seed") == self.config.debug.fail_export_seed,
-            train.get("seed") == self.config.debug.crash_export_seed, (self.experiment_dir / AOTI_CACHE_DIR).uri)
+            self.config.data.root, train.get("seed") == self.faults.fail_export_seed,
+            train.get("seed") == self.faults.crash_export_seed, (self.experiment_dir / AOTI_CACHE_DIR).uri)
         self.queued.append((trial.trial_id, launch, row, gpus))
         self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)

@@ -15,6 +15,7 @@ interval narrower than ±margin (`analysis.margin_pp`), or `max_seeds` seeds in 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cifar_tune.analysis.load import load_experiment
 from cifar_tune.analysis.summary import analyze
@@ -75,6 +76,24 @@ def extend_experiment(path: str | Path, seeds: int, address: str | None = None, 
     return outcome
 
 
+MIN_PAIRS = 3  # seed pairs before an interval may end the loop: two give a t interval no reviewer accepts
+
+
+def _narrow_enough(comparison: Any, half: Any, margin: float, used: int) -> str:
+    """Why the loop ends: every interval within the margin, naming those of zero width as what they
+    are (every pair of seeds scored the same: identical results, not a measured width)."""
+    identical = comparison.loc[half == 0, "precision"].tolist()
+    pairs = int(comparison["n_pairs"].min())
+    line = f"every comparison's 95% interval is within ±{margin:g} pp with {used} seeds"
+    if len(identical) == len(comparison):
+        return (f"every comparison gave identical results on all {pairs} seed pairs (each pair scored the same: "
+                f"no spread, so no interval to narrow) with {used} seeds")
+    line += f" (largest half-width {half[half > 0].max():.2f} pp)"
+    if identical:
+        line += f"; {', '.join(identical)}: identical results on every seed pair (no spread)"
+    return line
+
+
 def extend_until_margin(path: str | Path, step: int, max_seeds: int, address: str | None = None,
                         margin_pp: float | None = None, quiet: bool = False) -> list[str]:
     """Add `step` seeds at a time until every comparison's paired 95% interval lies within
@@ -90,16 +109,19 @@ def extend_until_margin(path: str | Path, step: int, max_seeds: int, address: st
             lines.append("no comparison with fp32 to narrow (one precision, or no finished fp32 trial): nothing to do")
             return lines
         half = (comparison["ci_high_pp"] - comparison["ci_low_pp"]) / 2
-        if bool((half < margin).all()):
-            lines.append(f"every comparison's 95% interval is within ±{margin:g} pp (largest half-width "
-                         f"{half.max():.2f} pp) with {used} seeds")
+        pairs = int(comparison["n_pairs"].min())
+        narrow = bool((half < margin).all())
+        if narrow and pairs >= MIN_PAIRS:
+            lines.append(_narrow_enough(comparison, half, margin, used))
             return lines
+        too_few = f"{pairs} seed pair(s), and an interval needs at least {MIN_PAIRS}"
         if used >= max_seeds:
-            lines.append(f"stopped at --max-seeds {max_seeds}: largest half-width {half.max():.2f} pp, "
-                         f"margin ±{margin:g} pp")
+            why = too_few if pairs < MIN_PAIRS else f"largest half-width {half.max():.2f} pp, margin ±{margin:g} pp"
+            lines.append(f"stopped at --max-seeds {max_seeds}: {why}; no verdict to trust yet")
             return lines
         add = min(step, max_seeds - used)
-        lines.append(f"{used} seeds: largest half-width {half.max():.2f} pp > {margin:g}; adding {add}")
+        why = too_few if pairs < MIN_PAIRS else f"largest half-width {half.max():.2f} pp > {margin:g}"
+        lines.append(f"{used} seeds: {why}; adding {add}")
         if not quiet:
             print(lines[-1])
         extend_experiment(location.uri, add, address=address, quiet=quiet, margin_pp=margin_pp)

@@ -8,31 +8,10 @@ import importlib.util
 
 import torch
 
-from cifar_tune.config import AUTO, ConfigError, ExperimentConfig
+from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.orchestrator.cluster import effective_address, local_cpus
-from cifar_tune.plan import SearchPlan
-from cifar_tune.precision import device_problem, well_run_precisions
-
-
-def trial_device(config: ExperimentConfig) -> str:
-    """The device type trials will train on: 'cuda' when they ask for a GPU share, else 'cpu'."""
-    return "cuda" if config.resources.gpus_per_trial > 0 else "cpu"
-
-
-def resolve_precisions(config: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
-    """Expand `search.precision: auto` to the precisions the trials' device runs well. Returns the
-    config to run (a copy; the saved config holds the expanded list, so a resume runs the same
-    trials) and one line per precision left out, saying why."""
-    key = next((k for k, spec in config.search.items() if spec == AUTO), None)
-    if key is None:
-        return config, []
-    device = trial_device(config)
-    kept, left_out = well_run_precisions(device)
-    resolved = config.model_copy(deep=True)
-    resolved.search[key] = kept
-    notes = [f"search.precision: auto on {device}: running {', '.join(kept)}"]
-    notes += [f"  left out {name}: {why}" for name, why in left_out.items()]
-    return resolved, notes
+from cifar_tune.plan import SearchPlan, trial_device
+from cifar_tune.precision import device_problem
 
 
 def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:

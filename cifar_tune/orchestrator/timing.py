@@ -29,8 +29,8 @@ from cifar_tune.data import CifarData, load_data
 from cifar_tune.machine import device_name
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cluster import ray_session
-from cifar_tune.orchestrator.preflight import check_timing_fits, preflight, resolve_precisions
-from cifar_tune.plan import SearchPlan
+from cifar_tune.orchestrator.preflight import check_timing_fits, preflight
+from cifar_tune.plan import SearchPlan, plan_experiment
 from cifar_tune.storage import Location
 from cifar_tune.trainables.train import Trainer, pick_device
 
@@ -144,10 +144,10 @@ def time_experiment(config: ExperimentConfig, location: Location | None = None, 
     `ray.address`), measure and record into `location` (default <storage_path>/<name>/; an
     experiment that has not run yet may be timed first: `cifar-tune run` accepts a folder that holds
     only timing files)."""
-    config, notes = resolve_precisions(config)
+    config, plan, notes = plan_experiment(config)
     for line in [] if quiet else notes:
         print(line)
-    preflight(config, SearchPlan.of(config))
+    preflight(config, plan)
     check_timing_fits(config)  # preflight checks it only where timing.enabled asks for timing after a run
     data = load_data(config.data)
     with ray_session(config.ray.address):

@@ -11,24 +11,26 @@ from typing import Any
 import ray
 from ray import tune
 
-from cifar_tune.config import DebugConfig, ModelConfig, ResourcesConfig, TrainConfig
+from cifar_tune.config import ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.data import CifarData
+from cifar_tune.faults import Faults
 from cifar_tune.names import SHARING_METRIC
 from cifar_tune.trainables.occupancy import Occupancy
 from cifar_tune.trainables.train import Trainer, pick_device
 
 
 class InjectedFailure(RuntimeError):
-    """Raised by `debug.fail_at_epoch`, to test recovery from checkpoints."""
+    """Raised by the tests' `fail_at_epoch` fault (cifar_tune/faults.py), to test recovery from checkpoints."""
 
 
-def train_cifar(config: dict[str, Any], data: CifarData) -> None:
+def train_cifar(config: dict[str, Any], data: CifarData, faults: Faults | None = None) -> None:
     """Train one trial. `config` is the experiment config with this trial's search values filled in;
     `data` arrives once per experiment through the object store (`tune.with_parameters`). Each epoch
-    also records how many trials shared its device (occupancy.py), where the run keeps a ledger."""
+    also records how many trials shared its device (occupancy.py), where the run keeps a ledger.
+    `faults`: what the tests inject (cifar_tune/faults.py); none otherwise."""
     train_cfg = TrainConfig.model_validate(config["train"])
     model_cfg = ModelConfig.model_validate(config["model"])
-    debug = DebugConfig.model_validate(config.get("debug", {}))
+    faults = faults or Faults()
     device = pick_device(ResourcesConfig.model_validate(config["resources"]).gpus_per_trial)
     trainer = Trainer(train_cfg, model_cfg, data, device)
     node_id = ray.get_runtime_context().get_node_id()  # with Tune's node_ip and hostname: where it ran
@@ -55,5 +57,5 @@ def train_cifar(config: dict[str, Any], data: CifarData) -> None:
             trainer.save(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_epoch = trainer.epoch == train_cfg.epochs
-        if debug.fail_at_epoch == trainer.epoch and not last_epoch and not resumed:
-            raise InjectedFailure(f"debug.fail_at_epoch: failing after epoch {trainer.epoch} as asked")
+        if faults.fail_at_epoch == trainer.epoch and not last_epoch and not resumed:
+            raise InjectedFailure(f"fail_at_epoch: failing after epoch {trainer.epoch} as the test asked")

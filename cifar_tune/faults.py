@@ -1,0 +1,38 @@
+"""Fault injection for the tests: not a feature, not in the config.
+
+The tests set CIFAR_TUNE_FAULTS to JSON, e.g. `{"fail_at_epoch": 2, "fail_export_seed": 1}`; the
+driver reads it once per run or resume and hands it to the trials and export tasks with their
+parameters (never through the trial config, so no run, log or checkpoint carries it). Unset, as
+everywhere outside the tests, nothing is injected.
+
+    fail_at_epoch      a trial raises once, right after checkpointing this epoch (not when resumed)
+    fail_export_seed   the export task of every trial with this seed raises
+    crash_export_seed  the export task of every trial with this seed kills its own worker process
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+
+ENV = "CIFAR_TUNE_FAULTS"
+
+
+@dataclass(frozen=True)
+class Faults:
+    fail_at_epoch: int | None = None
+    fail_export_seed: int | None = None
+    crash_export_seed: int | None = None
+
+
+def current_faults() -> Faults:
+    """The faults the environment asks for (none when CIFAR_TUNE_FAULTS is unset)."""
+    text = os.environ.get(ENV)
+    if not text:
+        return Faults()
+    asked = json.loads(text)
+    unknown = set(asked) - {f.name for f in fields(Faults)}
+    if unknown:
+        raise ValueError(f"{ENV}: unknown fault(s) {sorted(unknown)}; known: {[f.name for f in fields(Faults)]}")
+    return Faults(**asked)
