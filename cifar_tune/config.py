@@ -121,7 +121,7 @@ class TrainConfig(Section):
     )
 
 
-class TuneConfigSection(Section):
+class TuneConfig(Section):
     scheduler: Literal["fifo", "asha"] = Field(
         "fifo", description="fifo runs every trial to the end; asha stops weak ones early.")
     metric: str = Field("val_acc", description="Metric the scheduler and the best-trial pick optimize (any per-epoch metric).")
@@ -139,6 +139,9 @@ class TuneConfigSection(Section):
             raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(EPOCH_METRICS)}")
         return value
 
+
+
+TuneConfigSection = TuneConfig  # its name before 0.4: Tune's state of older experiments pickled it
 
 class ResourcesConfig(Section):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed).")
@@ -313,7 +316,7 @@ class ExperimentConfig(Section):
         default_factory=dict,
         description="A train/model key mapped to a list (grid) or {uniform|loguniform|randint|choice: [...]}; precision: auto.",
     )
-    tune: TuneConfigSection = Field(default_factory=TuneConfigSection)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

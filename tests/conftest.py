@@ -45,9 +45,14 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_raw(cifar_root: Path, tmp_path: Path) -> dict[str, Any]:
     """A raw (unvalidated) config for a seconds-long experiment on the tiny data."""
+    return tiny_config(cifar_root, tmp_path / "results")
+
+
+def tiny_config(cifar_root: Path, storage: Path) -> dict[str, Any]:
+    """tiny_raw's config, for module- and session-scoped fixtures that share one run between tests."""
     return {
         "name": "tiny",
-        "storage_path": str(tmp_path / "results"),
+        "storage_path": str(storage),
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": TEST_PRECISION, "eval_batch_size": 200},
         "resources": {"cpus_per_trial": 1},

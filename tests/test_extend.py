@@ -3,6 +3,7 @@ results.csv; `--until-margin` stops as soon as the intervals are narrow enough, 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,18 +14,27 @@ from cifar_tune.analysis import analyze_experiment, load_experiment
 from cifar_tune.orchestrator import extend as extend_mod
 from cifar_tune.orchestrator.cli import main
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION, inject_faults
+from conftest import ALLOW_SECOND, SECOND_PRECISION, inject_faults, tiny_config
+
+
+@pytest.fixture(scope="module")
+def two_arms_run(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_tests) -> Path:
+    """fp32 and a second precision, seeds 0 and 1, one epoch: run once for the module."""
+    raw = tiny_config(cifar_root, tmp_path_factory.mktemp("two-arms") / "results")
+    raw = {**raw, "train": {**raw["train"], "epochs": 1, **ALLOW_SECOND},
+           "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0, 1]}}
+    config = Path(raw["storage_path"]).parent / "exp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config)]) == 0
+    return Path(raw["storage_path"]) / "tiny"
 
 
 @pytest.fixture
-def two_arms(tiny_raw, tmp_path: Path, ray_for_tests) -> Path:
-    """fp32 and a second precision, seeds 0 and 1, one epoch: run once, then extended by the tests."""
-    raw = {**tiny_raw, "train": {**tiny_raw["train"], "epochs": 1, **ALLOW_SECOND},
-           "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0, 1]}}
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    assert main(["run", str(config)]) == 0
-    return Path(tiny_raw["storage_path"]) / "tiny"
+def two_arms(two_arms_run: Path, tmp_path: Path) -> Path:
+    """A copy of the module's run for each test to extend (a moved experiment extends as in place)."""
+    copy = tmp_path / "results" / "tiny"
+    shutil.copytree(two_arms_run, copy)
+    return copy
 
 
 def test_extend_adds_new_seeds_that_the_analysis_merges(two_arms: Path, capsys) -> None:

@@ -16,7 +16,7 @@ from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.names import BEST_FILE, EPOCH_METRICS, STATE_FILE, TEST_METRICS
 from cifar_tune.orchestrator.cluster import check_storage
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION
+from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION, inject_faults
 
 EPOCH_KEYS = set(EPOCH_METRICS)
 FINAL_KEYS = set(TEST_METRICS)
@@ -90,10 +90,10 @@ def test_experiment_learns_and_writes_results(tiny_raw) -> None:
         assert saved["val_acc"] == result.metrics["best_val_acc"]
 
 
-def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight) -> None:
+def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight, monkeypatch) -> None:
     reference_raw, reference = straight
-    config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"],
-                     debug={"fail_at_epoch": 2}, ray={"max_failures": 1})
+    inject_faults(monkeypatch, fail_at_epoch=2)
+    config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1})
     outcome = run_experiment(config, quiet=True)
     assert list(outcome.table["status"]) == ["TERMINATED"]
     got, want = outcome.result_grid[0], reference.result_grid[0]
@@ -103,11 +103,12 @@ def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight)
         assert torch.equal(value, _final_weights(got)[key]), key
 
 
-def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straight) -> None:
+def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straight, monkeypatch) -> None:
     reference_raw, reference = straight
     # epochs=2 finishes; epochs=3 fails after epoch 2 and is not retried (max_failures 0).
+    inject_faults(monkeypatch, fail_at_epoch=2)
     config = _config(reference_raw, name="interrupted", storage_path=tiny_raw["storage_path"],
-                     debug={"fail_at_epoch": 2}, search={"epochs": [2, 3]})
+                     search={"epochs": [2, 3]})
     first = run_experiment(config, quiet=True)
     assert dict(zip(first.table["epochs"], first.table["status"], strict=True)) == {2: "TERMINATED", 3: "ERROR"}
     assert "fail_at_epoch" in first.table.loc[first.table["epochs"] == 3, "error"].item()

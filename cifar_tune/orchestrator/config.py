@@ -15,6 +15,7 @@ from cifar_tune.config import (  # noqa: F401  (re-exported for unpickling)
     RayConfig,
     ResourcesConfig,
     TrainConfig,
+    TuneConfig,
     TuneConfigSection,
     WandbConfig,
 )
