@@ -352,8 +352,8 @@ def check_cuda_graph(data: Any, device: torch.device, precisions: list[str], bat
     deterministic kernels and a learning rate fp32 holds exactly (0.0625, constant), so after the same
     steps the weights must be equal bit for bit; and each one's img/s over `steps` timed steps."""
     from cifar_tune.config import ModelConfig, TrainConfig
-    from cifar_tune.trainables.graphed_step import WARMUP_STEPS
-    from cifar_tune.trainables.train import Trainer
+    from cifar_tune.graphed_step import WARMUP_STEPS
+    from cifar_tune.train import Trainer
 
     checks, speeds = [], []
     for name in precisions:
@@ -384,7 +384,7 @@ def train_interleaved(data: Any, device: torch.device, precisions: list[str], ep
                       batch_size: int) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, float]]:
     """Every precision trains epoch by epoch in turn, each with the device to itself."""
     from cifar_tune.config import ModelConfig, TrainConfig
-    from cifar_tune.trainables.train import Trainer
+    from cifar_tune.train import Trainer
 
     trainers, speeds, accuracy = {}, {p: [] for p in precisions}, {}
     for name in precisions:

@@ -34,7 +34,7 @@ from cifar_tune.config import ModelConfig, TrainConfig  # noqa: E402
 from cifar_tune.data import MEAN, STD, CifarData, batches_dir, load_cifar10, torchvision_cifar10  # noqa: E402
 from cifar_tune.models import AlexNet, forward_flops_per_image  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
-from cifar_tune.trainables.train import Trainer  # noqa: E402
+from cifar_tune.train import Trainer  # noqa: E402
 
 from common import machine_line, matmul_gflops  # noqa: E402
 

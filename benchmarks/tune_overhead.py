@@ -30,7 +30,7 @@ from cifar_tune.config import validate_config  # noqa: E402
 from cifar_tune.data import load_data  # noqa: E402
 from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
-from cifar_tune.trainables.train import Trainer  # noqa: E402
+from cifar_tune.train import Trainer  # noqa: E402
 
 from common import machine_line  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 
 from cifar_tune.config import validate_config
 from cifar_tune.data import load_data
-from cifar_tune.trainables.train import Trainer
+from cifar_tune.train import Trainer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -19,7 +19,7 @@ from cifar_tune.energy import EnergyMeter
 from cifar_tune.export import EagerVariant
 from cifar_tune.meters import LatencyMeter
 from cifar_tune.models import build_model
-from cifar_tune.trainables.train import Trainer
+from cifar_tune.train import Trainer
 
 
 def _powercap(root: Path, packages: dict[str, tuple[int, int]]) -> Path:

@@ -39,7 +39,7 @@ from cifar_tune.meters import (
 )
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
-from cifar_tune.trainables.train import Trainer
+from cifar_tune.train import Trainer
 
 from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION, inject_faults
 

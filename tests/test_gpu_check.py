@@ -147,7 +147,7 @@ def test_the_cuda_graph_check_compares_replays_with_eager_steps(monkeypatch) -> 
     same steps both ways give bit-equal weights, and the rows say so with both speeds."""
     from test_graphed_step import FakeCapture
 
-    from cifar_tune.trainables import train as train_mod
+    from cifar_tune import train as train_mod
 
     class CpuGraphTrainer(train_mod.Trainer):
         def __init__(self, config, model, data, device):

@@ -16,6 +16,7 @@ from cifar_tune import bench as bench_mod
 from cifar_tune import data as data_mod
 from cifar_tune import export as export_mod
 from cifar_tune import machine
+from cifar_tune import train as train_mod
 from cifar_tune.config import ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
 from cifar_tune.export import BUILDERS, CompiledVariant, EagerVariant, OrtVariant, load_best_model, save_onnx, save_onnx_fp16
@@ -25,8 +26,7 @@ from cifar_tune.models import build_model
 from cifar_tune.orchestrator import export_hook
 from cifar_tune.plan import SearchPlan
 from cifar_tune.precision import policy
-from cifar_tune.trainables import train as train_mod
-from cifar_tune.trainables.train import Trainer
+from cifar_tune.train import Trainer
 from cifar_tune.variants import SPECS, VARIANTS
 
 from conftest import FAST_VARIANTS

@@ -1,4 +1,4 @@
-"""The training step as a CUDA graph (trainables/graphed_step.py), checked on a CPU as far as a CPU can:
+"""The training step as a CUDA graph (graphed_step.py), checked on a CPU as far as a CPU can:
 where it is chosen, that everything around the capture (static buffers, the learning-rate tensor, the
 warm-up, resume) reproduces eager steps, and that the captured step reads nothing back to the host.
 benchmarks/gpu_check.py runs the real capture on a GPU."""
@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from cifar_tune import train as train_mod
 from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.data import load_data
 from cifar_tune.errors import CifarTuneError
+from cifar_tune.graphed_step import WARMUP_STEPS, use_cuda_graph
 from cifar_tune.orchestrator.preflight import preflight
 from cifar_tune.plan import SearchPlan
-from cifar_tune.trainables import train as train_mod
-from cifar_tune.trainables.graphed_step import WARMUP_STEPS, use_cuda_graph
-from cifar_tune.trainables.train import Trainer
+from cifar_tune.train import Trainer
 
 
 class FakeCapture:

@@ -21,7 +21,7 @@ LAYERS = [
     ("orchestrator", ["cifar_tune.orchestrator"]),
     ("analysis", ["cifar_tune.analysis"]),
     ("bench/export", ["cifar_tune.bench", "cifar_tune.export"]),
-    ("trainables", ["cifar_tune.trainables"]),
+    ("trainables", ["cifar_tune.trainables", "cifar_tune.train", "cifar_tune.graphed_step"]),
     ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config", "cifar_tune.storage",
               "cifar_tune.plan", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking", "cifar_tune.wandb_setup",
               "cifar_tune.faults",

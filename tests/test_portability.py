@@ -57,7 +57,7 @@ CORE = textwrap.dedent("""
     from cifar_tune.bench import bench_checkpoint
     from cifar_tune.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
     from cifar_tune.data import load_data
-    from cifar_tune.trainables.train import Trainer
+    from cifar_tune.train import Trainer
 
     write_cifar({root!r}, per_batch=40, n_test=50)
     data = load_data(DataConfig(root={root!r}, download=False, val_size=50))

@@ -16,16 +16,16 @@ import torch
 from scipy import stats
 
 from cifar_tune.analysis.load import load_experiment
+from cifar_tune.analysis.speed import SESSION, timing_summary, with_speed_source
 from cifar_tune.analysis.summary import analyze
-from cifar_tune.analysis.timing import SESSION, timing_summary, with_speed_source
 from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.data import load_data
 from cifar_tune.names import SHARING_METRIC, TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.orchestrator.experiment import run_experiment
 from cifar_tune.orchestrator.timing import round_order, time_experiment, timing_resources
+from cifar_tune.train import Trainer
 from cifar_tune.trainables.occupancy import DeviceLedger
-from cifar_tune.trainables.train import Trainer
 
 from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION
 

@@ -11,7 +11,7 @@ import torch
 from cifar_tune.config import validate_config
 from cifar_tune.data import load_data
 from cifar_tune.names import ENERGY_METRICS, EPOCH_METRICS, TEST_METRICS
-from cifar_tune.trainables.train import CheckpointError, DivergedError, PrecisionUnavailableError, Trainer
+from cifar_tune.train import CheckpointError, DivergedError, PrecisionUnavailableError, Trainer
 
 from conftest import NATIVE_BF16, TEST_PRECISION
 

@@ -15,8 +15,8 @@ import pandas as pd
 
 from cifar_tune.analysis.compare import compare_to_baseline, conclusion, image_conclusion, per_image
 from cifar_tune.analysis.load import Experiment
+from cifar_tune.analysis.speed import packing, packing_label, packing_note, with_speed_source
 from cifar_tune.analysis.stats import aggregate, complete_trials, inference_speedups, original_study_table
-from cifar_tune.analysis.timing import packing, packing_label, packing_note, with_speed_source
 
 WHERE_PRECISIONS_RUN = (
     "A comparison needs a second precision the hardware runs well: on an x86 CPU, amp_bf16 with AVX512-BF16 or AMX "

@@ -9,7 +9,7 @@ order rotated per round, so slow drift of the machine (clocks, heat, neighbours)
 precision alike. All tasks run on one node, one at a time, each in a fresh worker process.
 
 Every timed block is appended to <experiment>/timing_rounds.csv; timing.csv holds the summary of
-the newest session (cifar_tune.analysis.timing), which the report's speed claims use.
+the newest session (cifar_tune.analysis.speed), which the report's speed claims use.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cifar_tune.analysis.timing import SESSION, timing_summary
+from cifar_tune.analysis.speed import SESSION, timing_summary
 from cifar_tune.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.machine import device_name
@@ -32,7 +32,7 @@ from cifar_tune.orchestrator.cluster import ray_session
 from cifar_tune.orchestrator.preflight import check_timing_fits, preflight
 from cifar_tune.plan import SearchPlan, plan_experiment
 from cifar_tune.storage import Location
-from cifar_tune.trainables.train import Trainer, pick_device
+from cifar_tune.train import Trainer, pick_device
 
 
 @dataclass

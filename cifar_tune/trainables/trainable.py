@@ -15,8 +15,8 @@ from cifar_tune.config import ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.data import CifarData
 from cifar_tune.faults import Faults
 from cifar_tune.names import SHARING_METRIC
+from cifar_tune.train import Trainer, pick_device
 from cifar_tune.trainables.occupancy import Occupancy
-from cifar_tune.trainables.train import Trainer, pick_device
 
 
 class InjectedFailure(RuntimeError):

@@ -3,7 +3,7 @@
 `Trainer` owns everything a trial changes as it runs (weights, optimizer,
 schedule, grad scaler, the best weights so far, every RNG) and can save all of
 it and load it back, so a run stopped after any epoch continues bit-for-bit.
-The Tune trainable (trainable.py) and the benchmarks drive it epoch by epoch.
+The Tune trainable (trainables/trainable.py) and the benchmarks drive it epoch by epoch.
 
 Data stays on the training device as uint8; each batch is indexed, augmented
 and normalized there, so there is no DataLoader and no host-to-device copy per
@@ -27,10 +27,10 @@ from cifar_tune.config import ModelConfig, TrainConfig
 from cifar_tune.data import CifarData, augment, normalize
 from cifar_tune.energy import EnergyMeter
 from cifar_tune.errors import CifarTuneError
+from cifar_tune.graphed_step import Capture, GraphedStep, capture_cuda_graph, use_cuda_graph
 from cifar_tune.models import build_model
 from cifar_tune.names import BEST_FILE, PREDICTIONS_FILE, STATE_FILE
 from cifar_tune.precision import device_problem, policy
-from cifar_tune.trainables.graphed_step import Capture, GraphedStep, capture_cuda_graph, use_cuda_graph
 
 CHECK_EVERY = 20  # steps between loss checks: each one syncs the GPU, so not every step
 
