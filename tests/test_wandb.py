@@ -231,6 +231,8 @@ def test_offline_dashboard_is_written_and_saved_later_through_wandbs_client(logg
 
     from cifar_tune.orchestrator.cli import main
 
+    assert main(["dashboard", "--save", str(logged)]) == 2  # a folder without the specs: said, nothing saved
+    assert "no workspace.json or report.json there" in capsys.readouterr().err
     assert main(["dashboard", str(logged), "--wandb-mode", "offline"]) == 0
     out = capsys.readouterr().out
     folder = logged / "analysis" / "dashboard"

@@ -23,6 +23,7 @@ from cifar_tune.analysis.plots import PRECISION_COLORS
 from cifar_tune.analysis.report import COMPARISON_COLUMNS, latency_method, markdown_table
 from cifar_tune.analysis.summary import Analysis, analyze
 from cifar_tune.analysis.trials import extension_dirs
+from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import ANALYSIS_DIR
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import resolve_mode, wandb_dir
@@ -84,20 +85,20 @@ def read_logged(experiment: Any) -> Logged:
         if run.get("run_group") != group:
             continue
         logged.runs += 1
-        history = set().union(*(r["history"]["item"] for r in records if r["type"] == "history"))
-        summary = set().union(*(r["summary"].get("update", {}) for r in records if r["type"] == "summary"))
+        rows = [r["history"]["item"] for r in records if r["type"] == "history"]
+        summary: dict[str, Any] = {}  # the run's final summary: each update over the one before
+        for r in (r for r in records if r["type"] == "summary"):
+            summary.update(r["summary"].get("update", {}))
+        history = set().union(*rows)
         if run.get("job_type") == "analysis":
-            logged.analysis |= _public(history | summary)
+            logged.analysis |= _public(history | set(summary))
             continue
+        config = run.get("config", {}).get("update", {})
         logged.history |= _public(history) | ({"_runtime"} & history)
         logged.summary |= _public(summary)
-        logged.config |= _public(run.get("config", {}).get("update", {}))
+        logged.config |= _public(config)
         logged.system |= {f"system/{k}" for r in records if r["type"] == "stats" for k in r["stats"]["item"]}
-        summary_values: dict[str, Any] = {}
-        for r in (r for r in records if r["type"] == "summary"):
-            summary_values.update(r["summary"].get("update", {}))
-        logged.trained.append({"config": run.get("config", {}).get("update", {}), "summary": summary_values,
-                               "history": [r["history"]["item"] for r in records if r["type"] == "history"]})
+        logged.trained.append({"config": config, "summary": summary, "history": rows})
     if logged.runs:
         logged.source = f"{logged.runs} W&B run file(s) of group {group!r} under {folders[0]}" + \
             (f" and {len(folders) - 1} extension(s)" if len(folders) > 1 else "")
@@ -121,8 +122,8 @@ class Dashboard:
 class _Panels:
     """Collects panels whose keys were logged; names the others."""
 
-    def __init__(self, logged: Logged) -> None:
-        self.logged, self.not_shown = logged, []
+    def __init__(self) -> None:
+        self.not_shown: list[str] = []
 
     def has(self, title: str, keys: list[str], where: set[str]) -> bool:
         absent = [k for k in keys if k not in where]
@@ -141,7 +142,7 @@ def build(analysis: Analysis, entity: str | None, project: str | None, logged: L
                                                                   if c not in ("precision", "seed")]
     entity, project = entity or exp.config.wandb.entity or ENTITY_UNSET, project or exp.config.wandb.project
     logged = logged or read_logged(exp)
-    p = _Panels(logged)
+    p = _Panels()
     history, summary, system, analysis_keys = logged.history, logged.summary, logged.system, logged.analysis
     by_precision = {"groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
 
@@ -282,6 +283,10 @@ def load_specs(folder: Location, entity: str | None = None, project: str | None 
     from wandb_workspaces.workspaces import Workspace
     from wandb_workspaces.workspaces import internal as workspace_internal
 
+    missing = [name for name in (WORKSPACE_FILE, REPORT_FILE) if not folder.is_file(name)]
+    if missing:
+        raise CifarTuneError(f"--save {folder}: no {' or '.join(missing)} there; `cifar-tune dashboard EXPERIMENT_DIR` "
+                             "writes them into EXPERIMENT_DIR/analysis/dashboard/")
     workspace = Workspace._from_model(workspace_internal.View.model_validate_json(folder.read_text(WORKSPACE_FILE)))
     report = Report._from_model(report_internal.ReportViewspec.model_validate_json(folder.read_text(REPORT_FILE)))
     for spec in (workspace, report):
@@ -318,13 +323,15 @@ def save_command(folder: Location, wandb_folder: Path) -> str:
 
 
 def make_dashboard(path: str | Path, entity: str | None = None, project: str | None = None,
-                   wandb_mode: str | None = None) -> tuple[Dashboard, dict[str, str]]:
+                   wandb_mode: str | None = None, analysis: Analysis | None = None) -> tuple[Dashboard, dict[str, str]]:
     """The Python API behind `cifar-tune dashboard`: build the dashboard of the experiment at `path`,
     keep both specs in its analysis/dashboard/ folder, and save them to W&B when the mode (default:
     the experiment's wandb.mode) resolves to online. Returns it, and {what: where} (the specs, the
-    URLs once saved, else the command that saves them)."""
-    experiment = load_experiment(path)
-    dashboard = build(analyze(experiment), entity, project)
+    URLs once saved, else the command that saves them). `analysis`: the experiment's, where the caller
+    has just made it (`analyze` does), so it is not made twice."""
+    analysis = analysis or analyze(load_experiment(path))
+    experiment = analysis.experiment
+    dashboard = build(analysis, entity, project)
     folder = experiment.path / ANALYSIS_DIR / DASHBOARD_DIR
     written = write(dashboard, folder)
     if folder.is_local and preview(dashboard.logged, folder.local_path / PREVIEW_FILE):

@@ -140,7 +140,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"W&B analysis run: {written['wandb_run']}")
     if resolve_mode(args.wandb_mode or analysis.experiment.config.wandb.mode) == "online":
         try:
-            _, made = make_dashboard(args.experiment_dir, wandb_mode="online")
+            _, made = make_dashboard(args.experiment_dir, wandb_mode="online", analysis=analysis)
             print(f"W&B workspace: {made['workspace_url']}\nW&B report: {made['report_url']}")
         except Exception as exc:  # the report above is written whatever W&B does
             print(f"W&B: the dashboard was not saved ({type(exc).__name__}: {exc}); `cifar-tune dashboard` retries")
