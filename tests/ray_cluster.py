@@ -17,10 +17,19 @@ RAY = str(Path(sys.executable).parent / "ray")
 _HEAD_PORTS: dict[str, int] = {}  # temp dir of a head node -> its GCS port
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this session: the OS may give a just-closed port
+    again, and one `ray start` asking for two that collide refuses to start (seen in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:
