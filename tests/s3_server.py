@@ -56,8 +56,15 @@ def client(endpoint: str):  # noqa: ANN201 (a boto3 client)
 
 
 def objects(endpoint: str, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    """Every object under `prefix`: {key: content}."""
+    """Every object under `prefix`: {key: content}. Read while a run writes, a key listed may be gone
+    by the time it is fetched (Tune replaces its state, drops old checkpoints): it is left out."""
     s3 = client(endpoint)
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in page.get("Contents", [])]
-    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    found = {}
+    for key in keys:
+        try:
+            found[key] = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            continue
+    return found
