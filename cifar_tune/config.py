@@ -1,11 +1,11 @@
-"""The experiment schema: typed config sections, search entries, YAML loading, `--set` overrides.
+"""The experiment schema: typed config sections, YAML loading, `--set` overrides.
 
 Every section is a pydantic model whose fields carry their help text, so the schema is also the
 config reference (`cifar-tune run --help` prints it). Anything a user can get wrong is rejected
 here, before Ray starts or data is read, with a `ConfigError` that names the key path and the bad
-value; search entries are checked by the experiment's model validator against the fields they set.
+value; the `search:` section is checked by cifar_tune.search against the fields it sets.
 Every other module takes these typed objects; this one imports nothing else of cifar_tune's but
-its names and its error base.
+its names, the variant registry, the search check and the error base.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from cifar_tune.errors import CifarTuneError
+from cifar_tune.errors import ConfigError
 from cifar_tune.names import EPOCH_METRICS, REFERENCE_VARIANT
+from cifar_tune.search import check_search, sections_of
 from cifar_tune.variants import VARIANTS
 
 if TYPE_CHECKING:
@@ -28,15 +29,6 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 Precision = Literal["fp32", "tf32", "amp_fp16", "amp_bf16"]
-DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
-AUTO = "auto"  # `search.precision: auto`: every precision the trials' device runs well
-
-
-class ConfigError(CifarTuneError):
-    """A config problem the user must fix; the message names the key and value.
-
-    Not a ValueError on purpose: raised inside a pydantic validator (the search check), it passes
-    through unchanged with its exact key path instead of being re-wrapped as a ValidationError."""
 
 
 def default_data_root() -> str:
@@ -141,7 +133,7 @@ class TuneConfig(Section):
 
 
 
-TuneConfigSection = TuneConfig  # its name before 0.4: Tune's state of older experiments pickled it
+TuneConfigSection = TuneConfig  # its name before 0.4, for older pickles (see cifar_tune/compat.py)
 
 class ResourcesConfig(Section):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs per trial (fractions allowed).")
@@ -246,66 +238,6 @@ class DebugConfig(Section):
         None, description="Testing aid: the export task of every trial with this seed kills its own worker process.")
 
 
-# --------------------------------------------------------------------------- search entries
-
-SEARCHABLE: dict[str, type[BaseModel]] = {"train": TrainConfig, "model": ModelConfig}
-
-
-def resolve_search_key(key: str) -> tuple[str, str]:
-    """'lr' -> ('train', 'lr'); 'model.dropout' -> ('model', 'dropout')."""
-    if "." in key:
-        section, _, name = key.partition(".")
-        if section in SEARCHABLE and name in SEARCHABLE[section].model_fields:
-            return section, name
-    else:
-        owners = [s for s, cls in SEARCHABLE.items() if key in cls.model_fields]
-        if len(owners) == 1:
-            return owners[0], key
-    known = sorted(f for cls in SEARCHABLE.values() for f in cls.model_fields)
-    raise ConfigError(f"search.{key}: not a train or model key; searchable keys: {', '.join(known)}")
-
-
-def _check_search_value(base: BaseModel, field: str, value: Any, where: str) -> Any:
-    """Validate one candidate value against the field it sets; returns the coerced value."""
-    try:
-        checked = type(base).model_validate({**base.model_dump(), field: value})
-    except ValidationError as exc:
-        # Reported at the search key (`search.lr[1]`), not at `train.lr`.
-        messages = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
-        raise ConfigError(f"{where}: {'; '.join(messages)} (got {value!r})") from None
-    return getattr(checked, field)
-
-
-def check_search_entry(key: str, spec: Any, base: BaseModel) -> list[Any] | dict[str, list[Any]]:
-    """One `search:` entry checked against its field (`base` is the train or model section);
-    returns it in canonical form: a list of coerced values, or {distribution: [coerced args]}."""
-    field = resolve_search_key(key)[1]
-    if field == "precision" and spec == AUTO:
-        return AUTO  # expanded by the preflight, which knows the trials' device
-    if isinstance(spec, list):
-        if not spec:
-            raise ConfigError(f"search.{key}: empty list (give at least one value)")
-        return [_check_search_value(base, field, v, f"search.{key}[{i}]") for i, v in enumerate(spec)]
-    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
-        also = " (or, for precision, auto)" if field == "precision" else ""
-        raise ConfigError(f"search.{key}: expected a list of values{also} or a mapping with one of "
-                          f"{', '.join(DISTRIBUTIONS)} (got {spec!r})")
-    kind, args = next(iter(spec.items()))
-    if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
-        raise ConfigError(f"search.{key}.{kind}: expected a list "
-                          f"{'of values' if kind == 'choice' else '[low, high]'} (got {args!r})")
-    values = [_check_search_value(base, field, v, f"search.{key}.{kind}[{i}]") for i, v in enumerate(args)]
-    if kind != "choice":
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"search.{key}.{kind}: {key} is not numeric; use a list or "
-                              f"{{choice: [...]}} (got {args!r})")
-        if not values[0] < values[1]:
-            raise ConfigError(f"search.{key}.{kind}: low must be below high (got {args!r})")
-        if kind == "loguniform" and values[0] <= 0:
-            raise ConfigError(f"search.{key}.loguniform: bounds must be positive (got {args!r})")
-    return {kind: values}
-
-
 class ExperimentConfig(Section):
     name: str = Field("cifar-tune", description="Experiment name; results go to <storage_path>/<name>/ (letters, digits, . _ -).")
     storage_path: str = Field("./results", description="A folder, or cloud storage (s3://bucket/prefix, gs://...) for a cluster.")
@@ -346,9 +278,7 @@ class ExperimentConfig(Section):
     def _check_search(self) -> ExperimentConfig:
         # Runs after train and model are valid, so each search value is checked against them.
         # Updated in place: assigning would re-run this validator (validate_assignment).
-        checked = {key: check_search_entry(key, spec, getattr(self, resolve_search_key(key)[0]))
-                   for key, spec in self.search.items()}
-        self.search.update(checked)
+        self.search.update(check_search(self.search, sections_of(self)))
         return self
 
     @property

@@ -15,6 +15,13 @@ class CifarTuneError(Exception):
     exit_code = 2
 
 
+class ConfigError(CifarTuneError):
+    """A config problem the user must fix; the message names the key and value.
+
+    Not a ValueError on purpose: raised inside a pydantic validator (the search check), it passes
+    through unchanged with its exact key path instead of being re-wrapped as a ValidationError."""
+
+
 def short_error(error: BaseException | str | None, limit: int = ERROR_TEXT_LIMIT) -> str:
     """One line for a table cell: an exception as 'Type: message', a traceback as its last line."""
     if error is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
-from cifar_tune.plan import search_value
+from cifar_tune.search import search_value
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import apply_wandb_mode, offline_note, wandb_dir
 

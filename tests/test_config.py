@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cifar_tune.config import ConfigError, apply_overrides, load_config, validate_config
-from cifar_tune.orchestrator.search import param_space
-from cifar_tune.plan import SearchPlan
+from cifar_tune.orchestrator.param_space import param_space
+from cifar_tune.search import SearchPlan
 
 
 def _with(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:

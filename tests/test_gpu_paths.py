@@ -24,8 +24,8 @@ from cifar_tune.machine import device_name, unmet
 from cifar_tune.meters import LatencyMeter, measure_latencies
 from cifar_tune.models import build_model
 from cifar_tune.orchestrator import export_hook
-from cifar_tune.plan import SearchPlan
 from cifar_tune.precision import policy
+from cifar_tune.search import SearchPlan
 from cifar_tune.train import Trainer
 from cifar_tune.variants import SPECS, VARIANTS
 

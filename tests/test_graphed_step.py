@@ -17,7 +17,7 @@ from cifar_tune.data import load_data
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.graphed_step import WARMUP_STEPS, use_cuda_graph
 from cifar_tune.orchestrator.preflight import preflight
-from cifar_tune.plan import SearchPlan
+from cifar_tune.search import SearchPlan
 from cifar_tune.train import Trainer
 
 

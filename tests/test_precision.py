@@ -9,8 +9,8 @@ import torch
 
 from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.orchestrator.preflight import describe_plan, preflight
-from cifar_tune.plan import SearchPlan, plan_experiment
 from cifar_tune.precision import POLICIES, device_problem, policy, well_run_precisions
+from cifar_tune.search import SearchPlan, plan_experiment
 
 
 def _preflight(raw: dict) -> str:

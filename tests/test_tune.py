@@ -150,7 +150,7 @@ def test_asha_scheduler_is_built_from_the_plan(tiny_raw, monkeypatch) -> None:
     from ray.tune.schedulers import FIFOScheduler
 
     from cifar_tune.orchestrator import experiment
-    from cifar_tune.plan import SearchPlan
+    from cifar_tune.search import SearchPlan
 
     fifo = _config(tiny_raw)
     assert isinstance(experiment.make_scheduler(fifo, SearchPlan.of(fifo)), FIFOScheduler)

@@ -30,7 +30,7 @@ from cifar_tune import names
 from cifar_tune.analysis.trials import TrialRecord, extension_dirs, read_all_trial_records, trial_table
 from cifar_tune.config import ExperimentConfig, load_saved_config
 from cifar_tune.errors import CifarTuneError
-from cifar_tune.plan import SearchPlan, search_value
+from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from cifar_tune import names
 from cifar_tune.errors import short_error
-from cifar_tune.plan import search_value
+from cifar_tune.search import search_value
 
 
 @dataclass

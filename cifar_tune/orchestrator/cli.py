@@ -17,7 +17,7 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import CONFIG_FILE, ERROR, RESULTS_FILE, UNFINISHED
-from cifar_tune.plan import plan_experiment
+from cifar_tune.search import plan_experiment
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import resolve_mode
 

@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from cifar_tune.analysis.load import read_records
 from cifar_tune.analysis.stats import fastest_variants
 from cifar_tune.analysis.trials import format_table, results_view, trial_table
+from cifar_tune.compat import old_module_paths
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.faults import current_faults
@@ -44,10 +45,10 @@ from cifar_tune.names import (
 )
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
+from cifar_tune.orchestrator.param_space import param_space
 from cifar_tune.orchestrator.preflight import preflight
-from cifar_tune.orchestrator.search import param_space
 from cifar_tune.orchestrator.timing import time_in_session
-from cifar_tune.plan import SearchPlan, plan_experiment
+from cifar_tune.search import SearchPlan, plan_experiment
 from cifar_tune.storage import Location, StorageError
 from cifar_tune.tracking import trial_callback
 from cifar_tune.trainables.occupancy import find_ledger, start_ledger
@@ -299,8 +300,10 @@ def resume_experiment(path: str | Path, address: str | None = None, quiet: bool 
     data = load_data(config.data)
     with ray_session(config.ray.address):
         check_storage(config, alive_nodes())
-        grid = _fit(tune.Tuner.restore(path.uri, trainable=make_trainable(config, data),
-                                       resume_unfinished=True, resume_errored=True))
+        with old_module_paths():  # Tune's state of an older experiment names classes that moved since
+            tuner = tune.Tuner.restore(path.uri, trainable=make_trainable(config, data),
+                                       resume_unfinished=True, resume_errored=True)
+            grid = _fit(tuner)
         outcome = _finish(config, plan, path, grid, quiet)
         _time_if_asked(config, data, path, outcome.table, quiet)
     return outcome

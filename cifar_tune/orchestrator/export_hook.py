@@ -49,7 +49,7 @@ from cifar_tune.errors import short_error
 from cifar_tune.faults import current_faults
 from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.timing import isolated_node
-from cifar_tune.plan import SearchPlan, search_value
+from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
 
 

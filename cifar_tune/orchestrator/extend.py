@@ -23,7 +23,7 @@ from cifar_tune.analysis.trials import extension_number, results_view
 from cifar_tune.config import ConfigError, ExperimentConfig, load_config
 from cifar_tune.names import CONFIG_FILE, ERROR, EXTENSION_PREFIX, RESULTS_FILE, UNFINISHED
 from cifar_tune.orchestrator.experiment import ExperimentOutcome, run_experiment
-from cifar_tune.plan import SearchPlan
+from cifar_tune.search import SearchPlan
 from cifar_tune.storage import Location
 
 

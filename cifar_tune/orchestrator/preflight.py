@@ -10,8 +10,8 @@ import torch
 
 from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.orchestrator.cluster import effective_address, local_cpus
-from cifar_tune.plan import SearchPlan, trial_device
 from cifar_tune.precision import device_problem
+from cifar_tune.search import SearchPlan, trial_device
 
 
 def preflight(config: ExperimentConfig, plan: SearchPlan) -> str:

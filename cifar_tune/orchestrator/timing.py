@@ -30,7 +30,7 @@ from cifar_tune.machine import device_name
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cluster import ray_session
 from cifar_tune.orchestrator.preflight import check_timing_fits, preflight
-from cifar_tune.plan import SearchPlan, plan_experiment
+from cifar_tune.search import SearchPlan, plan_experiment
 from cifar_tune.storage import Location
 from cifar_tune.train import Trainer, pick_device
 

@@ -2,7 +2,7 @@
 
 A trial's config is the full experiment config with each searched field swapped for a Tune
 domain: `tune.grid_search` for a list, `tune.uniform` / `loguniform` / `randint` / `choice` for a
-distribution. Which fields, and what they may take, was decided once in `cifar_tune.plan`.
+distribution. Which fields, and what they may take, was decided once in `cifar_tune.search`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from ray import tune
 
 from cifar_tune.config import ExperimentConfig
-from cifar_tune.plan import SearchEntry, SearchPlan
+from cifar_tune.search import SearchEntry, SearchPlan
 
 
 def tune_domain(entry: SearchEntry) -> Any:
