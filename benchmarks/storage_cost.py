@@ -88,11 +88,11 @@ def main() -> None:
         trials = 2
         with s3_server() as endpoint:
             os.environ.update(s3_env(endpoint))  # before Ray starts, so its workers have them too
-            client(endpoint).create_bucket(Bucket="bench")
+            client(endpoint).create_bucket(Bucket="storage-cost")
             walls: dict[str, list[float]] = {"local": [], "s3": []}
             stored: dict[str, dict[str, float]] = {}
             for r in range(args.rounds):
-                for kind, storage in (("local", str(scratch / "results")), ("s3", "s3://bench/results")):
+                for kind, storage in (("local", str(scratch / "results")), ("s3", "s3://storage-cost/results")):
                     config = validate_config({**raw, "name": f"cost-{r}", "storage_path": storage})
                     start = time.perf_counter()
                     outcome = run_experiment(config, quiet=True)

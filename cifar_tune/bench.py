@@ -1,19 +1,13 @@
-"""Parity and latency of a trial's deployment variants: what `cifar-tune bench` and the post-trial
-hook run, and what they write (`export/parity.json`, `export/bench.json`).
+"""Parity and latency of one checkpoint's deployment variants: what `cifar-tune bench` and the
+post-trial hook run, and what they write (`export/parity.json`, `export/bench.json`). "bench"
+means this everywhere: the module, the command, bench.json and the experiment's bench.csv
+(the project's own benchmarks are benchmarks/).
 
-Parity: every variant's logits on the test set against eager fp32: accuracy, agreement of the
-predicted class, max / mean absolute logit difference. fp32 variants must agree on
-`fp32_min_agreement` of the images; bf16 / fp16 / int8 ones may lose at most
-`max_accuracy_drop_pp` points. Outside that: `parity_failed`, and never the "fastest variant".
-
-Latency comes from cifar_tune.meters (interleaved rounds, p50 with a 95% interval, the memory the
-calls needed; speedup over eager fp32 in the same session with a bootstrap interval), provenance
-from cifar_tune.machine; per variant also the load time and the artifact's file size. A variant
-that fails at inference loses its own rows only (`inference_failed`).
-
-Parity depends on the weights, latency does not: the post-trial hook checks every trial
-(`bench_checkpoint(timed=False)`) and times one trial's files once, alone (`time_export`);
-`cifar-tune bench` does both for one checkpoint.
+Contract: parity compares every variant's test-set logits with eager fp32's and marks one outside
+its tolerance `parity_failed` (never the fastest); latency comes from cifar_tune.meters
+(interleaved rounds, p50 with a 95% interval); a variant that fails at inference loses its own
+rows only. `bench_checkpoint(timed=False)` checks parity (per trial), `time_export` times one
+trial's files. The method, in full: docs/deployment.md.
 """
 
 from __future__ import annotations

@@ -15,8 +15,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from cifar_tune.storage import Location
 
 ENV = "CIFAR_TUNE_FAULTS"
+CRASH_LOG = "crashed_attempts.txt"  # one line per crashed attempt (its pid), in the export folder
+
+ExportFault = Literal["fail", "crash"] | None
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,14 @@ class Faults:
     fail_at_epoch: int | None = None
     fail_export_seed: int | None = None
     crash_export_seed: int | None = None
+
+    def export_fault(self, seed: int | None) -> ExportFault:
+        """What the export task of a trial with this seed is to suffer, if anything."""
+        if seed is not None and seed == self.fail_export_seed:
+            return "fail"
+        if seed is not None and seed == self.crash_export_seed:
+            return "crash"
+        return None
 
 
 def current_faults() -> Faults:
@@ -36,3 +51,14 @@ def current_faults() -> Faults:
     if unknown:
         raise ValueError(f"{ENV}: unknown fault(s) {sorted(unknown)}; known: {[f.name for f in fields(Faults)]}")
     return Faults(**asked)
+
+
+def inject_export_fault(fault: ExportFault, out: Location) -> None:
+    """Called first thing in an export task: raise ("fail"), or log the attempt to the export
+    folder's CRASH_LOG and kill this worker process ("crash", as an out-of-memory kill would)."""
+    if fault == "fail":
+        raise RuntimeError("fail_export_seed: export failure injected for this trial (a test's fault)")
+    if fault == "crash":
+        earlier = out.read_text(CRASH_LOG) if out.exists(CRASH_LOG) else ""
+        out.write_text(CRASH_LOG, earlier + f"{os.getpid()}\n")
+        os._exit(1)

@@ -1,32 +1,11 @@
 """The training step captured once as a CUDA graph and replayed every step after (train.cuda_graph).
 
-Why: at batch 256 of 32x32 images an AlexNet step is about 150 small kernels; launched one at a time
-from Python the GPU waits on the host. A replay launches the whole step at once.
-
-What makes a replay compute the step eager would (read against torch 2.11 and 2.14):
-- inputs: each batch is indexed, augmented and normalized eagerly (its crops and flips draw from the
-  trainer's own generator, outside the graph), then copied into buffers the graph reads;
-- dropout: `torch.cuda.graph` registers the default CUDA generator; before each replay its seed and
-  offset are written to device tensors the kernels read, and the offset advances by what the capture
-  consumed (CUDAGeneratorState::replay_prologue), so the masks are eager's and the RNG state a
-  checkpoint saves after N replays is the one N eager steps leave;
-- learning rate: the scheduler steps Python floats as before; the captured fused optimizer reads the
-  rate from a one-element fp32 device tensor written before each replay (its kernels read a tensor lr
-  as `const float*`: FusedSgdKernel.cu, FusedAdamWKernel.cu). A tensor in the param group instead
-  would make the schedulers' arithmetic read it back: a host sync per step;
-- optimizer: fused, so its state lives on the device and a step reads nothing back; AdamW is built
-  with capturable=True, which its capture check requires; SGD's momentum buffers and Adam's step
-  counters are created by the warm-up steps, before capture;
-- GradScaler (amp_fp16): with a fused optimizer, step() hands it found_inf and the scale as tensors
-  and update() is torch._amp_update_scale_ in place: no `.item()` (torch/amp/grad_scaler.py);
-- batch norm's running statistics are updated in place in buffers the graph holds;
-- warm-up: the first WARMUP_STEPS steps of each process run eagerly on the capture stream (cuDNN's
-  algorithm search, cuBLAS handles, lazy optimizer and scaler state), as torch's "whole network
-  capture" example does. They are real steps, so a resumed process trains the same steps.
-
-What differs from eager: the learning rate reaches the update as fp32 instead of a Python double
-(a relative difference below 6e-8). Resume is exact within either mode. `Trainer.load` drops the graph
-(loading replaces the optimizer's state tensors) and the next step captures again.
+Contract: on CUDA, a replay computes the step eager would (forward, backward, fused optimizer,
+GradScaler), reads nothing back to the host, and leaves the RNG and optimizer state a checkpoint
+saves as eager steps would, so resume is exact; the one difference is the learning rate reaching
+the update as fp32. `use_cuda_graph` decides where it is used (CUDA only); `Trainer.load` drops a
+graph and the next step captures again. Why each part holds, read against torch 2.11 and 2.14
+source: docs/training.md, "The CUDA-graph step".
 """
 
 from __future__ import annotations

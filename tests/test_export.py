@@ -30,6 +30,7 @@ from cifar_tune.bench import (
 )
 from cifar_tune.config import ConfigError, ExportConfig, validate_config
 from cifar_tune.data import load_data, normalize
+from cifar_tune.faults import CRASH_LOG
 from cifar_tune.meters import (
     measure_latencies,
     median_interval,
@@ -308,7 +309,7 @@ def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray
     assert exports[0]["status"] == "ok" and exports[1]["status"] == "failed"
     assert "died" in exports[1]["reason"].lower() or "crash" in exports[1]["reason"].lower(), exports[1]["reason"]
     crashed = outcome.table.loc[outcome.table["seed"] == 1, "path"].item()
-    attempts = (Path(crashed) / "export" / "crashed_attempts.txt").read_text().split()
+    attempts = (Path(crashed) / "export" / CRASH_LOG).read_text().split()
     assert len(attempts) == 2 and len(set(attempts)) == 2  # the first try and one retry, each in its own worker
 
 

@@ -112,9 +112,15 @@ def test_no_import_cycles() -> None:
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+DOCSTRING_LINES = 15  # a module's contract in a few lines; the narrative lives in docs/
+
+
 def test_every_module_has_a_docstring_saying_what_it_owns() -> None:
-    missing = [name for name, path in _modules().items() if not ast.get_docstring(ast.parse(path.read_text()))]
+    docstrings = {name: ast.get_docstring(ast.parse(path.read_text())) for name, path in _modules().items()}
+    missing = [name for name, doc in docstrings.items() if not doc]
     assert not missing, missing
+    long = {name: len(doc.splitlines()) for name, doc in docstrings.items() if doc and len(doc.splitlines()) > DOCSTRING_LINES}
+    assert not long, f"module docstrings over {DOCSTRING_LINES} lines (move the narrative to docs/): {long}"
 
 
 SNAPSHOT = textwrap.dedent("""

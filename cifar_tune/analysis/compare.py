@@ -1,21 +1,11 @@
 """Every precision against fp32: paired by seed, tested for equivalence, corrected for multiplicity.
 
-Seed k of every precision starts from the same weights and sees the same data order and the same
-augmentation, so the comparison is made on the per-seed differences (same seed, other precision
-minus fp32), in percentage points of test accuracy:
-
-- their mean with a paired-t 95% interval, and a bootstrap 95% interval (percentile, 9,999
-  resamples) that does not lean on normality; Welch's unpaired test stays as a check;
-- equivalence within +-margin (`analysis.margin_pp`): TOST (two one-sided t-tests on the
-  differences) gives `p_tost`; the verdict reads the 95% interval: `equivalent` when it lies inside
-  +-margin, `different` when it excludes 0 (and is not inside the margin), else `inconclusive`;
-- Holm's step-down adjustment of the paired p-values across all comparisons of a report (`p_holm`);
-- how many seeds would bring the interval's half-width under the margin, from the observed spread;
-- image by image, where the trials saved their test predictions: for each seed pair, how many
-  images fp32 gets right that the other gets wrong and the reverse, and McNemar's exact test on
-  those discordant images (a binomial test), pooled over the seeds (`mcnemar_p`).
-
-Every number comes from scipy.stats, except Holm's adjustment (a few lines; scipy has none).
+Seed k of every precision sees the same initial weights, data order and augmentation, so the
+comparison is made on the per-seed differences in test accuracy (percentage points): paired-t and
+bootstrap 95% intervals, TOST within `analysis.margin_pp`, a verdict (equivalent / different /
+inconclusive), Holm's adjustment across a report's comparisons, the seeds the margin would need,
+and McNemar's exact test on the images the two get differently. Every number comes from
+scipy.stats but Holm's few lines. The method, in full: docs/analysis.md.
 """
 
 from __future__ import annotations

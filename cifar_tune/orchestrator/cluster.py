@@ -1,20 +1,11 @@
 """Connecting to Ray: an embedded local instance, or an existing cluster.
 
-`address: null` starts Ray inside this process, sized to the machine, and
-shuts it down afterwards; "auto", "host:port" or "ray://host:port" join a
-cluster that someone else started and leave it running. Under
-`ray job submit` the RAY_ADDRESS variable is set, and counts as an address.
-
-Token authentication (Ray 2.59+): `ray start` clusters require a token. Ray itself sends one
-for a new local cluster and for "auto"; for an explicit address it does not, so `ray_session`
-switches token mode on, at connect time, when a token is at hand (RAY_AUTH_TOKEN,
-RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset. The token goes only to the
-cluster the user named for this run. Nothing happens at import.
-
-Ray Client (ray://) starts a server process per client on the head. That start can fail on a busy
-head (Ray's proxy forks while its gRPC threads are active; the child dies at once and the client is
-told "Starting Ray client server failed"); a new connection gets a new process, so such failures
-are retried a few times before the run gives up.
+`address: null` starts Ray inside this process, sized to the machine, and shuts it down
+afterwards; "auto", "host:port" or "ray://host:port" (or RAY_ADDRESS, as under `ray job submit`)
+join a cluster someone else started and leave it running. A token (Ray 2.59+ token
+authentication) is sent only to the cluster named for this run; Ray Client connections that fail
+at the head's server start are retried a few times. Nothing happens at import. Why, and how to
+run a cluster: docs/cluster.md.
 """
 
 from __future__ import annotations

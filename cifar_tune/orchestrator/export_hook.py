@@ -1,34 +1,18 @@
-"""The post-trial hook: when a trial completes, a Ray task exports its best weights and checks every
-variant's parity and accuracy change (cifar_tune.bench), while the experiment carries on; once
-every export is in, one trial's variants are timed, once, on a node to itself.
+"""The post-trial hook (`ExportCallback`): when a trial completes, a Ray task exports its best
+weights and checks every variant's parity (cifar_tune.bench) while the experiment carries on;
+once every export is in, one trial's variants are timed once, on a node to itself.
 
-What depends on the weights happens per trial: the export files, parity, accuracy change. Latency
-of a graph at a batch size does not, so it is measured once per variant after training, on the
-first exported trial's own files (`bench.time_export`), with every CPU of a node (or a whole GPU)
-reserved so nothing else runs meanwhile; bench.csv gives each trial's rows that measurement, and
-`latency_method` says so. (Per-trial timing beside running trials cost most of an export and
-measured the neighbours as much as the variant.)
-
-An export never takes a slot a pending trial could use: it is queued when its trial completes and
-launched once no trial is PENDING, or earlier where the cluster has room for it beside every pending
-trial (cores the trials leave idle).
-
-Tune runs callbacks inside its driver loop, so the callback only *launches* the task and keeps
-its ObjectRef; blocking there (ray.get) while trials hold every CPU would stall Tune for good.
-`on_experiment_end` waits for what is still running, at most `export.timeout_s` for each, times
-the variants, and writes `bench.csv` (one row per trial x variant x batch size) beside
-results.csv. A failed or timed-out export or timing is recorded with its reason and never fails
-the experiment.
-
-The tasks read the trial's checkpoint from the experiment's storage (a bucket, or a folder) and
-write or read the trial's export/ files there, so they may run on any node of a cluster.
+Contract: an export never takes a slot a pending trial could use; the callback only launches tasks
+(Tune runs it in its driver loop) and waits for them in `on_experiment_end`, at most
+`export.timeout_s` each; a failed or timed-out export or timing is recorded with its reason
+(exports.json, bench.csv) and never fails the experiment. The tasks read and write the trial's
+files in the experiment's storage, so they run on any node. Narrative: docs/deployment.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 import tempfile
 import time
@@ -46,7 +30,7 @@ from cifar_tune.bench import bench_checkpoint, time_export
 from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
-from cifar_tune.faults import current_faults
+from cifar_tune.faults import ExportFault, current_faults, inject_export_fault
 from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.timing import isolated_node
 from cifar_tune.search import SearchPlan, search_value
@@ -54,18 +38,12 @@ from cifar_tune.storage import Location
 
 
 def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
-                 data_root: str | None, inject_failure: bool, inject_crash: bool = False,
-                 cache_uri: str | None = None) -> dict[str, Any]:
+                 data_root: str | None, cache_uri: str | None = None, fault: ExportFault = None) -> dict[str, Any]:
     """Runs on a worker: export and parity for one checkpoint, whose files Ray fetches from
     storage; the export files go to `out_uri` (a folder or a cloud URI), compiled packages the
-    trials share to `cache_uri`. Device: what torch sees here."""
-    if inject_failure:
-        raise RuntimeError("fail_export_seed: export failure injected for this trial (a test's fault)")
+    trials share to `cache_uri`. Device: what torch sees here. (`fault`: the tests', see faults.py.)"""
     out = Location.of(out_uri)
-    if inject_crash:  # the worker process dies, as an out-of-memory kill would take it
-        out.write_text("crashed_attempts.txt", (out.read_text("crashed_attempts.txt") if out.exists("crashed_attempts.txt")
-                                                else "") + f"{os.getpid()}\n")
-        os._exit(1)
+    inject_export_fault(fault, out)
     config = ExportConfig.model_validate(settings)
     device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
     threads = config.threads or max(1, int(config.cpus))
@@ -215,8 +193,7 @@ class ExportCallback(tune.Callback):
         task = export_on_gpu if gpus > 0 else export_on_cpu
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
             checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
-            self.config.data.root, train.get("seed") == self.faults.fail_export_seed,
-            train.get("seed") == self.faults.crash_export_seed, (self.experiment_dir / AOTI_CACHE_DIR).uri)
+            self.config.data.root, (self.experiment_dir / AOTI_CACHE_DIR).uri, self.faults.export_fault(train.get("seed")))
         self.queued.append((trial.trial_id, launch, row, gpus))
         self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)
