@@ -20,19 +20,17 @@ from typing import Any
 
 import pandas as pd
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cifar_tune.analysis.speed import SESSION, timing_summary
-from cifar_tune.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
+from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.data import CifarData, load_data
-from cifar_tune.machine import device_name
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
 from cifar_tune.orchestrator.cluster import ray_session
 from cifar_tune.orchestrator.preflight import check_timing_fits, preflight
 from cifar_tune.search import SearchPlan, plan_experiment
 from cifar_tune.storage import Location
-from cifar_tune.train import Trainer, pick_device
+from cifar_tune.trainables.timed_block import time_block
 
 
 @dataclass
@@ -40,21 +38,6 @@ class TimingOutcome:
     location: Location  # the experiment folder timing.csv and timing_rounds.csv went to
     rounds: pd.DataFrame  # this session's timed blocks
     summary: pd.DataFrame  # per precision (timing.csv)
-
-
-def _time_block(train: dict[str, Any], model: dict[str, Any], data: CifarData, steps: int, warmup_steps: int,
-                gpus: float) -> dict[str, Any]:
-    """One timed block, in its own worker: a fresh Trainer of one precision, warmed up, then timed."""
-    device = pick_device(gpus)
-    trainer = Trainer(TrainConfig.model_validate(train), ModelConfig.model_validate(model), data, device)
-    result = trainer.time_steps(steps, warmup_steps)
-    return {**result, "device": device_name(device), "threads": torch.get_num_threads(),
-            "node_id": ray.get_runtime_context().get_node_id()}
-
-
-# A fresh worker per block (max_calls=1): no precision inherits another's allocator, caches or CUDA
-# context. In the decorator, as Ray ignores max_calls given through .options() (ray issue 47767).
-time_block = ray.remote(max_calls=1)(_time_block)
 
 
 def isolated_node(nodes: list[dict[str, Any]], gpus: float, key: str) -> dict[str, Any]:

@@ -1,1 +1,2 @@
-"""Ray Tune trainables: the training loop (train.py) and its Tune wrapper (trainable.py)."""
+"""Ray-facing training tasks: the Tune trainable (trainable.py), the per-epoch device-sharing
+ledger (occupancy.py), one isolated timing block (timed_block.py)."""
