@@ -42,7 +42,7 @@ from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
 from cifar_tune.train import Trainer
 
-from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION, inject_faults
+from conftest import FAST_VARIANTS, NATIVE_BF16, TEST_PRECISION, inject_faults, tiny_config
 
 QUICK = ExportConfig(batch_sizes=[1, 8], warmup_runs=1, min_runs=3, min_duration_s=0.0, calibration_images=64,
                      end_to_end=False, variants=FAST_VARIANTS)
@@ -223,19 +223,29 @@ def test_end_of_run_summary_and_report_use_one_speedup() -> None:
     assert fastest_variants(bench).loc[0, "speedup, batch 1"] == pytest.approx(report)
 
 
-def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_tests, capsys, monkeypatch) -> None:
+HOOK_EXPORT = {**QUICK.model_dump(), "enabled": True, "cpus": 1, "timeout_s": 600}
+
+
+@pytest.fixture(scope="module")
+def hook_run(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_tests) -> Any:
+    """Four 1-CPU trials on a 2-CPU Ray, so when the first exports launch, trials hold every CPU;
+    the export of seed 1 raises, the export of seed 3 kills its worker (each attempt)."""
     from cifar_tune import run_experiment
 
-    quick = {**QUICK.model_dump(), "enabled": True, "cpus": 1, "timeout_s": 600}
-    # Three 1-CPU trials on a 2-CPU Ray: when the first exports launch, trials hold every CPU.
-    inject_faults(monkeypatch, fail_export_seed=1)
-    raw = {**tiny_raw, "search": {"seed": [0, 1, 2]}, "export": quick}
-    outcome = run_experiment(validate_config(raw), quiet=True)
-    assert list(outcome.table["status"]) == ["TERMINATED"] * 3
+    raw = {**tiny_config(cifar_root, tmp_path_factory.mktemp("hook") / "results"),
+           "search": {"seed": [0, 1, 2, 3]}, "export": HOOK_EXPORT}
+    with pytest.MonkeyPatch.context() as mp:
+        inject_faults(mp, fail_export_seed=1, crash_export_seed=3)
+        return run_experiment(validate_config(raw), quiet=True)
+
+
+def test_hook_exports_each_trial_and_survives_a_failing_one(hook_run, capsys) -> None:
+    outcome, quick = hook_run, HOOK_EXPORT
+    assert list(outcome.table["status"]) == ["TERMINATED"] * 4  # the experiment is unaffected
 
     exports = json.loads((outcome.path / "exports.json").read_text())
     by_seed = {entry["seed"]: entry for entry in exports.values()}
-    assert {seed: e["status"] for seed, e in by_seed.items()} == {0: "ok", 1: "failed", 2: "ok"}
+    assert {seed: e["status"] for seed, e in by_seed.items()} == {0: "ok", 1: "failed", 2: "ok", 3: "failed"}
     assert "injected" in by_seed[1]["reason"]
 
     bench = pd.read_csv(outcome.path / "bench.csv")
@@ -247,7 +257,7 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     assert set(bench["parity"]) <= {"ok", "parity_failed"}
     for _, row in outcome.table.iterrows():
         has_export = (Path(row["path"]) / "export" / "bench.json").is_file()
-        assert has_export == (row["seed"] != 1)
+        assert has_export == (row["seed"] in (0, 2))
         if has_export:  # each trial's export checks parity and times nothing
             per_trial = json.loads((Path(row["path"]) / "export" / "bench.json").read_text())
             assert per_trial["results"] == [] and {v["variant"] for v in per_trial["variants"]} == CPU_VARIANTS
@@ -261,7 +271,7 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(tiny_raw, ray_for_te
     assert (bench.loc[bench["variant"] == "eager_fp32", "speedup"] == 1.0).all()
     assert (bench["threads"] == 2).all()  # the timing's threads: the reserved CPUs, as export.threads null says
     missing = analyze(load_experiment(outcome.path)).missing  # the report says which export failed, and why
-    assert any(m.startswith("1 trial(s) without export results") and "seed 1: failed" in m and "injected" in m
+    assert any(m.startswith("2 trial(s) without export results") and "seed 1: failed" in m and "injected" in m
                for m in missing), missing
 
     # The standalone command on one of these trials; and a clear error on a path that is not one.
@@ -296,19 +306,12 @@ def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw,
     assert sorted(e["status"] for e in exports.values()) == ["ok", "ok"]
 
 
-def test_an_export_whose_worker_dies_is_retried_once_then_recorded(tiny_raw, ray_for_tests, monkeypatch) -> None:
-    from cifar_tune import run_experiment
-
-    quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
-    inject_faults(monkeypatch, crash_export_seed=1)
-    raw = {**tiny_raw, "search": {"seed": [0, 1]}, "export": quick,
-           "train": {**tiny_raw["train"], "epochs": 1}}
-    outcome = run_experiment(validate_config(raw), quiet=True)
-    assert list(outcome.table["status"]) == ["TERMINATED", "TERMINATED"]  # the experiment is unaffected
+def test_an_export_whose_worker_dies_is_retried_once_then_recorded(hook_run) -> None:
+    outcome = hook_run
     exports = {e["seed"]: e for e in json.loads((outcome.path / "exports.json").read_text()).values()}
-    assert exports[0]["status"] == "ok" and exports[1]["status"] == "failed"
-    assert "died" in exports[1]["reason"].lower() or "crash" in exports[1]["reason"].lower(), exports[1]["reason"]
-    crashed = outcome.table.loc[outcome.table["seed"] == 1, "path"].item()
+    assert exports[3]["status"] == "failed"
+    assert "died" in exports[3]["reason"].lower() or "crash" in exports[3]["reason"].lower(), exports[3]["reason"]
+    crashed = outcome.table.loc[outcome.table["seed"] == 3, "path"].item()
     attempts = (Path(crashed) / "export" / CRASH_LOG).read_text().split()
     assert len(attempts) == 2 and len(set(attempts)) == 2  # the first try and one retry, each in its own worker
 
