@@ -7,7 +7,8 @@ paths to the process while an experiment is restored, and takes them back afterw
     0.1    cifar_tune.orchestrator.config  ->  cifar_tune.config
 
 Classes renamed or dropped inside a module that stayed keep an alias there (config.py:
-TuneConfigSection, DebugConfig). tests/fixtures/experiment-v0.1 proves an 0.1 experiment resumes.
+TuneConfigSection, DebugConfig). tests/fixtures/experiment-v0.1 and experiment-pre21 (written
+before issue 21 moved modules) prove such experiments still analyze and resume.
 """
 
 from __future__ import annotations

@@ -38,12 +38,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def ensure_auth_token() -> None:
+    """Token authentication needs a token before the head starts: `ray start --head` finding none
+    starts the cluster with authentication off (while a first `ray.init()` would have made one). A
+    user's machine has one from either; a fresh CI machine may not yet, so make it as a user would."""
+    if not (Path.home() / ".ray" / "auth_token").is_file() and not os.environ.get("RAY_AUTH_TOKEN"):
+        subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True, timeout=60,
+                       env=clean_env(), check=True)
+
+
 def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = None,
                env: dict[str, str] | None = None, temp_dir: str | None = None, client_port: int | None = None) -> str:
     """Start one node; returns its temp dir (short: Ray's socket paths must stay under ~107 characters),
     which its processes name on their command line. `env`: extra variables for the node's processes
     (cloud credentials, as a cloud node has them from its role). `temp_dir`: share another node's, as
     `ray start` nodes on one machine do by default (/tmp/ray). `client_port`: Ray Client's (head)."""
+    if head:
+        ensure_auth_token()
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
     dashboard = [f"--dashboard-port={dashboard_port}"] if dashboard_port else ["--include-dashboard=false"]
     where = ["--head", f"--port={port}", *dashboard] if head else [f"--address=127.0.0.1:{port}"]
