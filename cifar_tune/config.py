@@ -81,6 +81,9 @@ class ModelConfig(Section):
         True, description="BatchNorm after every conv (false: the original, normalization-free AlexNet)."
     )
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before each hidden FC layer.")
+    width: float = Field(
+        1.0, gt=0, le=4, description="Scales every conv's channels and the hidden FC size (1.0: AlexNet as "
+        "in the study; smaller for scale tests: 0.125 has 73 k parameters, 1.0 has 4.6 M).")
 
 
 class TrainConfig(Section):
@@ -107,6 +110,10 @@ class TrainConfig(Section):
         "auto", description="Capture the training step as one CUDA graph and replay it (auto: on CUDA unless "
         "train.compile; never on a CPU). Same numbers as eager but for the learning rate's fp32 rounding.")
     deterministic: bool = Field(False, description="Also force deterministic kernels (slower on GPU).")
+    checkpoint_every: int = Field(
+        1, gt=0, description="Epochs between checkpoints (also at the last epoch and where ASHA may stop a trial). "
+        "1: a crash or interrupt loses at most the current epoch; k: up to k, for 1/k of the bytes. Resumed "
+        "results are exact either way.")
     allow_slow_precision: bool = Field(
         False,
         description="Run a precision the device cannot run well (e.g. emulated bf16 or fp16 on a CPU) instead of refusing it.",

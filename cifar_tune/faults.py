@@ -5,7 +5,8 @@ driver reads it once per run or resume and hands it to the trials and export tas
 parameters (never through the trial config, so no run, log or checkpoint carries it). Unset, as
 everywhere outside the tests, nothing is injected.
 
-    fail_at_epoch      a trial raises once, right after checkpointing this epoch (not when resumed)
+    fail_at_epoch      a trial raises once, right after reporting this epoch (a marker in its folder
+                       remembers; never at its last epoch, nor when resumed past it)
     fail_export_seed   the export task of every trial with this seed raises
     crash_export_seed  the export task of every trial with this seed kills its own worker process
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 ENV = "CIFAR_TUNE_FAULTS"
 CRASH_LOG = "crashed_attempts.txt"  # one line per crashed attempt (its pid), in the export folder
+FAILED_MARKER = "injected_failure.txt"  # in a trial's folder once fail_at_epoch has fired there
 
 ExportFault = Literal["fail", "crash"] | None
 
@@ -31,6 +34,15 @@ class Faults:
     fail_at_epoch: int | None = None
     fail_export_seed: int | None = None
     crash_export_seed: int | None = None
+
+    def fail_now(self, epoch: int, last_epoch: bool, trial_dir: str) -> bool:
+        """Whether fail_at_epoch fires after this epoch of the trial whose folder is `trial_dir`."""
+        marker = Path(trial_dir) / FAILED_MARKER
+        if self.fail_at_epoch != epoch or last_epoch or marker.exists():
+            return False
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"fail_at_epoch {epoch}\n")
+        return True
 
     def export_fault(self, seed: int | None) -> ExportFault:
         """What the export task of a trial with this seed is to suffer, if anything."""

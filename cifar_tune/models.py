@@ -32,23 +32,26 @@ class AlexNet(nn.Module):
     4,617,034 parameters without batch norm, 4,618,186 with it (the convs drop
     their biases, BatchNorm adds a scale and shift per channel), and 338.6 MFLOP
     per image forward (`forward_flops_per_image` counts them on the model).
-    `batch_norm=False` gives the original normalization-free network.
+    `batch_norm=False` gives the original normalization-free network; `width` scales every
+    conv's channels and the hidden FC size (rounded; 1.0 is the network above).
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5, batch_norm: bool = True) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, batch_norm: bool = True,
+                 width: float = 1.0) -> None:
         super().__init__()
         pool = lambda: nn.MaxPool2d(2)  # noqa: E731
+        c1, c2, c3, c4, hidden = (max(1, round(c * width)) for c in (64, 192, 384, 256, 512))
         self.features = nn.Sequential(
-            *_conv(3, 64, batch_norm), pool(),
-            *_conv(64, 192, batch_norm), pool(),
-            *_conv(192, 384, batch_norm),
-            *_conv(384, 256, batch_norm),
-            *_conv(256, 256, batch_norm), pool(),
+            *_conv(3, c1, batch_norm), pool(),
+            *_conv(c1, c2, batch_norm), pool(),
+            *_conv(c2, c3, batch_norm),
+            *_conv(c3, c4, batch_norm),
+            *_conv(c4, c4, batch_norm), pool(),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(512, 512), nn.ReLU(inplace=True),
-            nn.Linear(512, num_classes),
+            nn.Dropout(dropout), nn.Linear(c4 * 4 * 4, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ class AlexNet(nn.Module):
 
 
 def build_model(config: ModelConfig, channels_last: bool = False) -> AlexNet:
-    model = AlexNet(dropout=config.dropout, batch_norm=config.batch_norm)
+    model = AlexNet(dropout=config.dropout, batch_norm=config.batch_norm, width=config.width)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

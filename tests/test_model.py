@@ -26,6 +26,16 @@ def test_forward_shapes(channels_last: bool) -> None:
     assert model.features(x).shape == (5, 256, 4, 4)
 
 
+@pytest.mark.parametrize("width", [0.125, 0.5, 2.0])
+def test_width_scales_channels_and_hidden_size(width: float) -> None:
+    model = build_model(ModelConfig(width=width)).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, round(256 * width), 4, 4)
+    assert model.classifier[1].out_features == round(512 * width)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == pytest.approx(4_618_186 * width**2, rel=0.1)  # conv and FC weights grow as width squared
+
+
 def _flops_from_layer_shapes(model: torch.nn.Module) -> int:
     """2 x multiply-adds of every conv and linear layer, from the output shapes hooks observe:
     an independent count to hold FlopCounterMode's against."""

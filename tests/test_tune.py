@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cifar_tune import resume_experiment, run_experiment
+from cifar_tune.analysis.trials import read_trial_records
 from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.names import BEST_FILE, EPOCH_METRICS, STATE_FILE, TEST_METRICS
 from cifar_tune.orchestrator.cluster import check_storage
@@ -90,14 +91,22 @@ def test_experiment_learns_and_writes_results(tiny_raw) -> None:
         assert saved["val_acc"] == result.metrics["best_val_acc"]
 
 
-def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight, monkeypatch) -> None:
+@pytest.mark.parametrize(("checkpoint_every", "fail_at_epoch"), [(1, 2), (2, 1)])
+def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight, monkeypatch,
+                                                             checkpoint_every: int, fail_at_epoch: int) -> None:
+    """checkpoint_every 1: the retry continues after the failed epoch. 2: the failure comes before
+    the first checkpoint (epoch 2), so the retry replays epoch 1, to the same numbers."""
     reference_raw, reference = straight
-    inject_faults(monkeypatch, fail_at_epoch=2)
-    config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1})
+    inject_faults(monkeypatch, fail_at_epoch=fail_at_epoch)
+    config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1},
+                     train={**reference_raw["train"], "checkpoint_every": checkpoint_every})
     outcome = run_experiment(config, quiet=True)
     assert list(outcome.table["status"]) == ["TERMINATED"]
     got, want = outcome.result_grid[0], reference.result_grid[0]
     assert got.metrics["epoch"] == 3
+    reported = [json.loads(line)["epoch"] for line in (Path(got.path) / "result.json").read_text().splitlines()]
+    assert reported == ([1, 2, 3] if checkpoint_every == 1 else [1, 1, 2, 3])
+    assert [row["epoch"] for row in read_trial_records(outcome.path)[0].history] == [1, 2, 3]
     assert {k: got.metrics[k] for k in COMPARED} == {k: want.metrics[k] for k in COMPARED}
     for key, value in _final_weights(want).items():
         assert torch.equal(value, _final_weights(got)[key]), key

@@ -144,6 +144,10 @@ def _read_history(trial_dir: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut short by an interrupted write: keep what came before
+    if rows and all("epoch" in row for row in rows):
+        # A trial restarted from a checkpoint older than its last report (train.checkpoint_every > 1)
+        # reports those epochs again: keep each epoch's latest report.
+        rows = sorted({row["epoch"]: row for row in rows}.values(), key=lambda row: row["epoch"])
     return rows
 
 

@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from cifar_tune.analysis.load import read_records
 from cifar_tune.analysis.stats import fastest_variants
 from cifar_tune.analysis.trials import format_table, results_view, trial_table
+from cifar_tune.checkpoints import study_writes
 from cifar_tune.compat import old_module_paths
 from cifar_tune.config import ConfigError, ExperimentConfig, dump_config_text, load_config
 from cifar_tune.data import CifarData, load_data
@@ -273,6 +274,9 @@ def run_experiment(config: ExperimentConfig, callbacks: Sequence[Any] = (), quie
     for line in [] if quiet else notes:
         print(line)
     preflight(config, plan)
+    warning = study_writes(config, plan).warning()
+    if warning and not quiet:
+        print(warning)
     folder = config.experiment_location()
     _check_fresh(config, folder)
     data = load_data(config.data)

@@ -8,6 +8,7 @@ import importlib.util
 
 import torch
 
+from cifar_tune.checkpoints import study_writes
 from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.orchestrator.cluster import effective_address, local_cpus
 from cifar_tune.precision import device_problem
@@ -71,6 +72,7 @@ def describe_plan(config: ExperimentConfig, plan: SearchPlan, notes: list[str] =
         f"metric {config.tune.metric} ({config.tune.mode})",
         f"ray: {effective_address(config.ray.address) or 'embedded local instance'}, "
         f"max_failures {config.ray.max_failures}",
+        study_writes(config, plan).describe(),
     ]
     for i, trial in enumerate(trials):
         values = ", ".join(f"{k}={v}" for k, v in trial.items()) or "(no search keys)"

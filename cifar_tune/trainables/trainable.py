@@ -1,6 +1,7 @@
-"""The Ray Tune function trainable: a Trainer driven epoch by epoch, reporting and
-checkpointing through `ray.tune` after every epoch and resuming from
-`ray.tune.get_checkpoint()` when Tune restarts or restores the trial.
+"""The Ray Tune function trainable: a Trainer driven epoch by epoch, reporting through `ray.tune`
+after every epoch, checkpointing at the epochs cifar_tune/checkpoints.py names
+(`train.checkpoint_every`), and resuming from `ray.tune.get_checkpoint()` when Tune restarts or
+restores the trial.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from cifar_tune.checkpoints import checkpoint_epochs, trial_rungs
 from cifar_tune.config import ModelConfig, ResourcesConfig, TrainConfig
 from cifar_tune.data import CifarData
 from cifar_tune.faults import Faults
@@ -36,6 +38,8 @@ def train_cifar(config: dict[str, Any], data: CifarData, faults: Faults | None =
     node_id = ray.get_runtime_context().get_node_id()  # with Tune's node_ip and hostname: where it ran
     occupancy = Occupancy(tune.get_context().get_trial_id(), device.type)
 
+    saved_after = set(checkpoint_epochs(train_cfg.epochs, train_cfg.checkpoint_every,
+                                        trial_rungs(config, train_cfg.epochs)))
     resumed = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -53,9 +57,12 @@ def train_cifar(config: dict[str, Any], data: CifarData, faults: Faults | None =
             metrics.update(trainer.test())
         metrics["device"] = str(device)
         metrics["node_id"] = node_id
-        with tempfile.TemporaryDirectory() as folder:
-            trainer.save(folder)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if trainer.epoch in saved_after:
+            with tempfile.TemporaryDirectory() as folder:
+                trainer.save(folder)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        else:  # a restart replays the epochs since the last checkpoint, to the same numbers
+            tune.report(metrics)
         last_epoch = trainer.epoch == train_cfg.epochs
-        if faults.fail_at_epoch == trainer.epoch and not last_epoch and not resumed:
+        if not resumed and faults.fail_now(trainer.epoch, last_epoch, tune.get_context().get_trial_dir()):
             raise InjectedFailure(f"fail_at_epoch: failing after epoch {trainer.epoch} as the test asked")
