@@ -145,6 +145,8 @@ class Trainer:
         self.model = build_model(model_cfg, train_cfg.channels_last).to(self.device)
         # What a training step calls: the model itself, or (train.compile) torch.compile of it, which
         # shares its parameters, so the optimizer, checkpoints and evaluation see one set of weights.
+        if train_cfg.compile:  # a reused worker (Tune's reuse_actors) must not carry earlier trials'
+            torch._dynamo.reset()  # graphs toward dynamo's recompile limit, past which it runs eager
         self.step_model: torch.nn.Module = torch.compile(self.model) if train_cfg.compile else self.model
         self.optimizer = self._make_optimizer()
         n = len(self.train_y)

@@ -68,6 +68,15 @@ def test_study_wall_smoke_test() -> None:
     assert "| exports off |" in out and "| exports on |" in out and "target: exports on at most 1.5x" in out
 
 
+@pytest.mark.slow
+def test_scale_smoke_test() -> None:
+    """Two `ray start` nodes, then bare Tune and cifar-tune's whole run on them, in child processes."""
+    out = _run("scale.py", "--smoke-test", timeout=600)
+    assert out.count("overhead ") == 2 and out.count("4/4 trials done") == 2 and "4 exports" in out
+    assert out.count("left by the run: none") == 2, out  # no trial's actor, W&B queue or ledger outlives the run
+    assert "results.csv " in out and "analyze " in out
+
+
 def test_export_cost_smoke_test() -> None:
     """Two checkpoints exported one after the other, each variant's build and parity seconds."""
     out = _run("export_cost.py", "--smoke-test")

@@ -112,6 +112,22 @@ def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight,
         assert torch.equal(value, _final_weights(got)[key]), key
 
 
+def test_a_reused_worker_trains_the_next_trial_as_a_fresh_one_would(tiny_raw, straight) -> None:
+    """reuse_actors: one trial at a time, so seed 0 runs second, in the process seed 1 used (after a
+    different precision), and still ends exactly as the reference run's fresh process did."""
+    reference_raw, reference = straight
+    other = "fp32" if TEST_PRECISION != "fp32" else "tf32"  # tf32: fp32 math on a CPU, under other flags
+    config = _config(reference_raw, name="reused", storage_path=tiny_raw["storage_path"],
+                     search={"seed": [1, 0], "precision": [other, TEST_PRECISION]},
+                     train={**reference_raw["train"], "allow_slow_precision": True}, tune={"max_concurrent_trials": 1})
+    outcome = run_experiment(config, quiet=True)
+    assert (outcome.table["status"] == "TERMINATED").all()
+    assert len({r.metrics["pid"] for r in outcome.result_grid}) == 1  # one worker process took every trial
+    got = _final_metrics(outcome, seed=0, precision=TEST_PRECISION)
+    want = reference.result_grid[0].metrics
+    assert {k: got[k] for k in COMPARED} == {k: want[k] for k in COMPARED}
+
+
 def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straight, monkeypatch) -> None:
     reference_raw, reference = straight
     # epochs=2 finishes; epochs=3 fails after epoch 2 and is not retried (max_failures 0).

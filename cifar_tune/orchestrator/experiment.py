@@ -113,6 +113,10 @@ def make_tuner(config: ExperimentConfig, plan: SearchPlan, data: CifarData,
         tune_config=tune.TuneConfig(
             metric=config.tune.metric, mode=config.tune.mode, num_samples=config.tune.num_samples,
             max_concurrent_trials=config.tune.max_concurrent_trials, scheduler=make_scheduler(config, plan),
+            # A finished trial's worker process takes the next trial instead of a new process
+            # importing torch again (seconds of CPU per trial; benchmarks/scale.py). The Trainer sets
+            # every global it depends on (seed, precision flags) for each trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=config.name,

@@ -1,0 +1,362 @@
+"""Orchestration at scale: cifar-tune's own machinery at N trials on K simulated nodes, beside bare
+Ray Tune doing the same training on the same cluster, and the theoretical minimum.
+
+    python benchmarks/scale.py --trials 100 --nodes 8 --out /tmp/scale
+    python benchmarks/scale.py --smoke-test            # 4 trials on 2 nodes, about a minute (CI runs it)
+
+cifar-tune's side is the real thing: the trainable, the device ledger, the export hook (eager_fp32
+and onnx_fp32 with parity, latency timed once), W&B offline, results.csv, then `analyze`. Bare
+Tune's side: a function trainable that builds the same Trainer, trains the same epoch, tests, saves
+one checkpoint, with no callbacks. What is shrunk, on both sides: the data (generated; --images
+training images, default 1000: about a second of one core's work, as in Ray's own one-second-trial
+benchmark; 100 validation, 100 test), one epoch, and model.width 0.125 (73 k parameters instead of
+4.6 M: a checkpoint is 1 MB, not 53). The minimum is trials x one trial's work (timed alone in this
+process) / parallel slots, the slots being min(logical CPUs of the cluster, this machine's cores):
+K nodes here share this machine's cores, which a real cluster would not. Not shown: bandwidth to a
+bucket, latency between machines. Prints `overhead X%` (over the minimum) for each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from ray_cluster import clean_env, free_port, start_node, stop_node  # noqa: E402
+
+from cifar_files import write_cifar  # noqa: E402
+
+WIDTH = 0.125
+# Ray's own per-node processes, and workers its pool keeps warm: not anything a trial left behind.
+NODE_PROCESSES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE"}
+
+
+def child_env() -> dict[str, str]:
+    """A driver's environment: the cluster's token auth found as a user's driver finds it; local
+    storage declared shared (the nodes share this machine's disk, as a mounted volume would be)."""
+    return clean_env(WANDB_SILENT="true", CIFAR_TUNE_SHARED_STORAGE="1")
+
+
+def study_config(name: str, storage: Path, data_root: Path, trials: int, address: str | None,
+                 images: int = 64) -> dict:
+    return {
+        "name": name, "storage_path": str(storage),
+        "data": {"root": str(data_root), "download": False, "val_size": 100, "train_subset": images},
+        "model": {"width": WIDTH},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.02, "precision": "fp32", "eval_batch_size": 200},
+        "search": {"seed": list(range(trials))},
+        "resources": {"cpus_per_trial": 1},
+        "ray": {"address": address, "max_failures": 0},
+        "export": {"variants": ["eager_fp32", "onnx_fp32"], "batch_sizes": [1], "warmup_runs": 1, "min_runs": 2,
+                   "min_duration_s": 0.0, "rounds": 1, "calibration_images": 16},
+        "wandb": {"mode": "offline"},
+    }
+
+
+# --------------------------------------------------------------------------- one side, in a child
+
+
+class FirstResult:
+    """A Tune callback noting when the first trial result arrives."""
+
+    def __new__(cls):  # built lazily: importing Ray here would slow the parent
+        from ray.tune import Callback
+
+        class _First(Callback):
+            at: float | None = None
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if self.at is None:
+                    self.at = time.perf_counter()
+        return _First()
+
+
+def _usage() -> dict:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {"driver_cpu_s": own.ru_utime + own.ru_stime, "driver_peak_rss_mb": own.ru_maxrss / 1024}
+
+
+def side_cifar_tune(args: argparse.Namespace) -> dict:
+    from cifar_tune.analysis import analyze_experiment
+    from cifar_tune.analysis.load import read_records
+    from cifar_tune.analysis.trials import results_view, trial_table
+    from cifar_tune.config import validate_config
+    from cifar_tune.orchestrator.experiment import run_experiment
+    from cifar_tune.storage import Location
+
+    config = validate_config(study_config("cifar-tune", args.out, args.data, args.trials, args.address, args.images))
+    first = FirstResult()
+    start = time.perf_counter()
+    outcome = run_experiment(config, callbacks=[first], quiet=True)
+    wall = time.perf_counter() - start
+    usage = _usage()
+    path = Location.of(outcome.path)
+    t0 = time.perf_counter()
+    table = trial_table(read_records(path), outcome.plan.columns)
+    path.write_csv("results.csv", results_view(table, outcome.plan.columns))
+    results_csv_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    analysis, _ = analyze_experiment(outcome.path, wandb_mode="disabled")
+    analyze_s = time.perf_counter() - t0
+    exports = json.loads((Path(outcome.path) / "exports.json").read_text())
+    return {"wall_s": wall, "first_result_s": first.at - start if first.at else None, **usage,
+            "results_csv_s": results_csv_s, "analyze_s": analyze_s,
+            "trials_done": int((table["status"] == "TERMINATED").sum()), "exports": len(exports),
+            "folder": str(outcome.path)}
+
+
+def _bare_trainable(config: dict, data) -> None:
+    from ray import tune
+
+    from cifar_tune.config import ModelConfig, TrainConfig
+    from cifar_tune.train import Trainer
+
+    trainer = Trainer(TrainConfig.model_validate(config["train"]), ModelConfig.model_validate(config["model"]), data)
+    metrics = trainer.train_epoch()
+    metrics.update(trainer.test())
+    with tempfile.TemporaryDirectory() as folder:
+        trainer.save(folder)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def side_bare(args: argparse.Namespace) -> dict:
+    import ray
+    from ray import tune
+
+    from cifar_tune.config import validate_config
+    from cifar_tune.data import load_data
+    from cifar_tune.orchestrator.cluster import use_token_auth_if_available
+
+    config = validate_config(study_config("bare", args.out, args.data, args.trials, args.address, args.images))
+    use_token_auth_if_available()  # as `ray.init` of a driver joining a token cluster needs
+    ray.init(address=args.address, log_to_driver=False)
+    data = load_data(config.data)
+    first = FirstResult()
+    base = config.model_dump(mode="json")
+    start = time.perf_counter()
+    grid = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_bare_trainable, data=data), {"cpu": 1}),
+        param_space={**base, "train": {**base["train"], "seed": tune.grid_search(list(range(args.trials)))}},
+        run_config=tune.RunConfig(name="bare", storage_path=str(args.out), callbacks=[first],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    ).fit()
+    wall = time.perf_counter() - start
+    done = sum(r.error is None for r in grid)
+    ray.shutdown()
+    return {"wall_s": wall, "first_result_s": first.at - start if first.at else None, **_usage(),
+            "trials_done": done, "folder": str(Path(args.out) / "bare")}
+
+
+def one_trial_alone(args: argparse.Namespace) -> dict:
+    """One trial's work (build, train the epoch, test, save) in this process, on one thread as a
+    1-CPU trial gets: the minimum's unit."""
+    import torch
+
+    from cifar_tune.config import validate_config
+    from cifar_tune.data import load_data
+    from cifar_tune.train import Trainer
+
+    config = validate_config(study_config("alone", args.out, args.data, 1, None, args.images))
+    data = load_data(config.data)
+    torch.set_num_threads(1)
+    times = []
+    for seed in range(3):
+        start = time.perf_counter()
+        trainer = Trainer(config.train.model_copy(update={"seed": seed}), config.model, data)
+        trainer.train_epoch()
+        trainer.test()
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save(folder)
+        times.append(time.perf_counter() - start)
+    return {"trial_s": min(times)}
+
+
+SIDES = {"cifar-tune": side_cifar_tune, "bare": side_bare, "alone": one_trial_alone}
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def _finished(experiment: Path) -> dict[str, str]:
+    """{trial folder: its result.json} of the trials that reported (one epoch: reported = done)."""
+    out = {}
+    for log in experiment.glob("train_cifar_*/result.json"):
+        text = log.read_text()
+        if '"test_acc"' in text:
+            out[log.parent.name] = text
+    return out
+
+
+def resume_check(args: argparse.Namespace, address: str) -> dict:
+    """`cifar-tune run`, interrupted with SIGINT (Ctrl-C) once half the trials have finished, then
+    `cifar-tune resume` timed: no finished trial may run again, and results.csv must hold every
+    trial once, finished."""
+    import pandas as pd
+    import yaml
+
+    cli = str(Path(sys.executable).parent / "cifar-tune")
+    config = study_config("resumed", args.out, args.data, args.trials, address, args.images)
+    config_file = args.out / "resumed.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    experiment = args.out / "resumed"
+    run = subprocess.Popen([cli, "run", str(config_file)], env=child_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    while run.poll() is None and len(_finished(experiment)) < args.trials // 2:
+        time.sleep(0.5)
+    run.send_signal(signal.SIGINT)
+    run.wait(timeout=600)
+    before = _finished(experiment)
+    start = time.perf_counter()
+    resumed = subprocess.run([cli, "resume", str(experiment)], env=child_env(), capture_output=True, text=True)
+    resume_s = time.perf_counter() - start
+    if resumed.returncode != 0:
+        raise SystemExit(f"resume failed:\n{resumed.stderr[-3000:]}")
+    after = _finished(experiment)
+    table = pd.read_csv(experiment / "results.csv")
+    return {"finished_before": len(before), "resume_s": resume_s,
+            "rerun": sum(after.get(name) != text for name, text in before.items()),
+            "rows": len(table), "unique_trials": table["trial_id"].nunique(),
+            "terminated": int((table["status"] == "TERMINATED").sum())}
+
+
+class RayCensus:
+    """Counts the Ray worker processes of this cluster's nodes by name (ray::ImplicitFunc,
+    ray::DeviceLedger, ray::_QueueActor of W&B, ...: the children of the processes that name a
+    node's temp dir) every half second: the peak, and what is left at the end."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        self.peak: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def now(self) -> Counter:
+        table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+        rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
+        owners = {pid for pid, _, args in rows if any(node in args for node in self.nodes)}
+        return Counter(args.split()[0] for _, ppid, args in rows if ppid in owners and args.startswith("ray::"))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            counts = self.now()
+            if sum(counts.values()) > sum(self.peak.values()):
+                self.peak = counts
+
+    def __enter__(self) -> RayCensus:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_side(side: str, args: argparse.Namespace, address: str | None, nodes: list[str]) -> dict:
+    result = Path(args.out) / f"{side}.json"
+    command = [sys.executable, __file__, "--side", side, "--trials", str(args.trials), "--out", str(args.out),
+               "--data", str(args.data), "--images", str(args.images), "--result", str(result)]
+    command += ["--address", address] if address else []
+    with RayCensus(nodes) as census:
+        done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    time.sleep(2)  # let Ray reap what the driver released
+    figures = json.loads(result.read_text())
+    figures["ray_processes_peak"] = dict(census.peak)
+    figures["ray_processes_after"] = dict(census.now())
+    if "folder" in figures:
+        folder = Path(figures["folder"])
+        figures["bytes_per_trial"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / args.trials
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=8, help="simulated Ray nodes on this machine")
+    parser.add_argument("--cpus-per-node", type=int, default=2, help="logical CPUs each node offers")
+    parser.add_argument("--images", type=int, default=1000,
+                        help="training images per trial (its one epoch): sets how long a trial works")
+    parser.add_argument("--out", type=Path, help="keeps the experiment folders and figures (default: a temp dir)")
+    parser.add_argument("--resume-check", action="store_true",
+                        help="also interrupt a third run halfway and time `cifar-tune resume`")
+    parser.add_argument("--smoke-test", action="store_true", help="4 short trials on 2 nodes")
+    parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:  # a child: one side, its figures to --result
+        args.result.write_text(json.dumps(SIDES[args.side](args)))
+        return 0
+    if args.smoke_test:
+        args.trials, args.nodes, args.images = 4, 2, 64
+    for flag, value in (("--trials", args.trials), ("--nodes", args.nodes), ("--cpus-per-node", args.cpus_per_node),
+                        ("--images", args.images)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    scratch = tempfile.TemporaryDirectory(prefix="scale-")
+    args.out = (args.out or Path(scratch.name)).resolve()
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out} is not empty: the experiments would collide with earlier ones")
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data = args.out / "data"
+    write_cifar(args.data, per_batch=(args.images + 100) // 5 + 1, n_test=100)  # + the 100 validation images
+
+    from common import machine_line
+
+    print(f"# scale: {args.trials} trials, {args.nodes} nodes x {args.cpus_per_node} logical CPUs; {machine_line()}")
+    slots = min(args.nodes * args.cpus_per_node, os.cpu_count() or 1)
+    alone = run_side("alone", args, None, [])
+    nodes = []
+    try:
+        port = free_port()
+        nodes.append(start_node(port, head=True, cpus=args.cpus_per_node))
+        for _ in range(args.nodes - 1):
+            nodes.append(start_node(port, head=False, cpus=args.cpus_per_node))
+        address = f"127.0.0.1:{port}"
+        sides = {side: run_side(side, args, address, nodes) for side in ("bare", "cifar-tune")}
+        resumed = resume_check(args, address) if args.resume_check else None
+    finally:
+        for node in reversed(nodes):
+            stop_node(node)
+    minimum = args.trials * alone["trial_s"] / slots
+    print(f"one trial alone {alone['trial_s']:.2f} s; minimum {minimum:.1f} s "
+          f"({args.trials} x {alone['trial_s']:.2f} s / {slots} slots)")
+    for side, f in sides.items():
+        print(f"{side}: wall {f['wall_s']:.1f} s, overhead {100 * (f['wall_s'] / minimum - 1):.0f}% over the minimum; "
+              f"first result after {f['first_result_s']:.1f} s; driver {f['driver_cpu_s']:.1f} CPU s, peak RSS "
+              f"{f['driver_peak_rss_mb']:.0f} MB; {f['bytes_per_trial'] / 1024**2:.2f} MB written per trial; "
+              f"{f['trials_done']}/{args.trials} trials done")
+        left = {name: n for name, n in f["ray_processes_after"].items() if name not in NODE_PROCESSES}
+        print(f"  Ray processes at the peak: {f['ray_processes_peak']}; left by the run: {left or 'none'}")
+    ct, bare = sides["cifar-tune"], sides["bare"]
+    print(f"cifar-tune over bare Tune: {100 * (ct['wall_s'] / bare['wall_s'] - 1):.0f}% "
+          f"({100 * (ct['wall_s'] - bare['wall_s']) / minimum:.0f} points of the minimum); "
+          f"{ct['exports']} exports; results.csv {ct['results_csv_s']:.2f} s, analyze {ct['analyze_s']:.1f} s")
+    if resumed:
+        print(f"resume after an interrupt with {resumed['finished_before']}/{args.trials} trials finished: "
+              f"{resumed['resume_s']:.1f} s; finished trials run again: {resumed['rerun']}; results.csv: "
+              f"{resumed['rows']} rows, {resumed['unique_trials']} trials, {resumed['terminated']} finished")
+    (args.out / "figures.json").write_text(json.dumps({"alone": alone, "minimum_s": minimum, **sides,
+                                                       "resume": resumed}, indent=1))
+    scratch.cleanup()  # empty unless --out was not given
+    ok = all(f["trials_done"] == args.trials for f in sides.values()) and ct["exports"] == args.trials
+    ok = ok and (not resumed or (resumed["rerun"] == 0 and resumed["terminated"] == resumed["unique_trials"]
+                                 == resumed["rows"] == args.trials))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
