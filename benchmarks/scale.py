@@ -116,17 +116,26 @@ def side_cifar_tune(args: argparse.Namespace) -> dict:
             "folder": str(outcome.path)}
 
 
+def trial_work(train_cfg, model_cfg, data, folder: str) -> dict:
+    """One trial's work, the same on the bare side and in the minimum's unit: build the Trainer,
+    train the epoch, test, save its checkpoint into `folder`."""
+    from cifar_tune.train import Trainer
+
+    trainer = Trainer(train_cfg, model_cfg, data)
+    metrics = trainer.train_epoch()
+    metrics.update(trainer.test())
+    trainer.save(folder)
+    return metrics
+
+
 def _bare_trainable(config: dict, data) -> None:
     from ray import tune
 
     from cifar_tune.config import ModelConfig, TrainConfig
-    from cifar_tune.train import Trainer
 
-    trainer = Trainer(TrainConfig.model_validate(config["train"]), ModelConfig.model_validate(config["model"]), data)
-    metrics = trainer.train_epoch()
-    metrics.update(trainer.test())
     with tempfile.TemporaryDirectory() as folder:
-        trainer.save(folder)
+        metrics = trial_work(TrainConfig.model_validate(config["train"]), ModelConfig.model_validate(config["model"]),
+                             data, folder)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -165,7 +174,6 @@ def one_trial_alone(args: argparse.Namespace) -> dict:
 
     from cifar_tune.config import validate_config
     from cifar_tune.data import load_data
-    from cifar_tune.train import Trainer
 
     config = validate_config(study_config("alone", args.out, args.data, 1, None, args.images))
     data = load_data(config.data)
@@ -173,11 +181,8 @@ def one_trial_alone(args: argparse.Namespace) -> dict:
     times = []
     for seed in range(3):
         start = time.perf_counter()
-        trainer = Trainer(config.train.model_copy(update={"seed": seed}), config.model, data)
-        trainer.train_epoch()
-        trainer.test()
         with tempfile.TemporaryDirectory() as folder:
-            trainer.save(folder)
+            trial_work(config.train.model_copy(update={"seed": seed}), config.model, data, folder)
         times.append(time.perf_counter() - start)
     return {"trial_s": min(times)}
 
