@@ -100,3 +100,55 @@ def test_resume_from_a_truncated_checkpoint_names_the_file_and_never_restarts(ti
     row = resumed.table.iloc[0]
     assert row["status"] == "ERROR" and "state.pt is unreadable" in row["error"], row["error"]
     assert row["epochs_done"] == 2  # nothing trained again from epoch 0
+
+
+class _Trial:
+    def __init__(self, saving: bool) -> None:
+        self.is_saving = saving
+
+
+def test_ctrl_c_waits_for_checkpoints_in_flight_and_a_second_one_stops_at_once(monkeypatch) -> None:
+    """GracefulInterrupt with Tune's handler stood in by a recorder: the first Ctrl-C stops Tune's
+    loop only at a step where no trial is saving (or after the grace period); a second stops it now."""
+    from cifar_tune.orchestrator import interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    stops: list[int] = []
+
+    def tunes_handler(signum: int, frame: object) -> None:
+        stops.append(signum)
+
+    try:
+        for second_press in (False, True):
+            stops.clear()
+            signal.signal(signal.SIGINT, tunes_handler)
+            hook = interrupt.GracefulInterrupt()
+            hook.setup()
+            assert signal.getsignal(signal.SIGINT) == hook._on_sigint
+            hook.on_step_end(iteration=1, trials=[_Trial(saving=True)])
+            assert stops == []  # no Ctrl-C yet
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            hook.on_step_end(iteration=2, trials=[_Trial(saving=True), _Trial(saving=False)])
+            assert stops == []  # a checkpoint is in flight: wait
+            if second_press:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+                assert stops == [signal.SIGINT]
+            else:
+                hook.on_step_end(iteration=3, trials=[_Trial(saving=False)])
+                assert stops == [signal.SIGINT]
+            assert signal.getsignal(signal.SIGINT) is tunes_handler  # Tune's handler back in place
+            hook.on_step_end(iteration=4, trials=[])
+            assert len(stops) == 1  # stopped once
+
+        signal.signal(signal.SIGINT, tunes_handler)
+        stops.clear()
+        hook = interrupt.GracefulInterrupt()
+        hook.setup()
+        clock = iter([100.0, 100.0 + interrupt.GRACE_S + 1])
+        monkeypatch.setattr(interrupt.time, "monotonic", lambda: next(clock))
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        hook.on_step_end(iteration=1, trials=[_Trial(saving=True)])
+        assert stops == [signal.SIGINT]  # a save that never resolves holds the stop GRACE_S at most
+        assert interrupt.GracefulInterrupt.__getstate__(hook) == {}  # picklable: no handler in its state
+    finally:
+        signal.signal(signal.SIGINT, before)

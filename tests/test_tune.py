@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from ray import tune
 
 from cifar_tune import resume_experiment, run_experiment
 from cifar_tune.analysis.trials import read_trial_records
@@ -148,6 +150,40 @@ def test_resume_finishes_errored_trials_and_keeps_finished_ones(tiny_raw, straig
     want = reference.result_grid[0].metrics
     assert {k: got[k] for k in COMPARED} == {k: want[k] for k in COMPARED}
     assert pd.read_csv(resumed.path / "results.csv")["status"].tolist() == ["TERMINATED", "TERMINATED"]
+
+
+_CTRL_C = {"armed": False}  # module state, not the callback's: Tune restores its callbacks on resume
+
+
+class CtrlCWhenATrialFinishes(tune.Callback):
+    """Presses Ctrl-C the moment a trial's last result is logged: before Tune registers the checkpoint
+    that came with it, the window in which an interrupt used to make `resume` train the trial again."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if _CTRL_C["armed"] and "test_acc" in result:
+            _CTRL_C["armed"] = False
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_as_a_trial_finishes_then_resume_trains_no_finished_trial_again(tiny_raw, straight) -> None:
+    reference_raw, reference = straight
+    config = _config(reference_raw, name="ctrl-c", storage_path=tiny_raw["storage_path"], search={"epochs": [1, 3]})
+    _CTRL_C["armed"] = True
+    before = signal.getsignal(signal.SIGINT)
+    first = run_experiment(config, callbacks=[CtrlCWhenATrialFinishes()], quiet=True)
+    assert not _CTRL_C["armed"] and "UNFINISHED" in set(first.table["status"])  # the run was interrupted
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C acts after the run as before it
+    logs = {p.parent.name: p.read_text() for p in first.path.glob("train_cifar_*/result.json")}
+    finished = {name for name, text in logs.items() if '"test_acc"' in text}
+    assert finished  # at least the one-epoch trial had logged its last result
+
+    resumed = resume_experiment(first.path, quiet=True)
+    assert list(resumed.table["status"]) == ["TERMINATED", "TERMINATED"]
+    for name in finished:  # not trained again: its log is exactly as it was
+        assert (first.path / name / "result.json").read_text() == logs[name], name
+    got = _final_metrics(resumed, epochs=3)
+    want = reference.result_grid[0].metrics
+    assert {k: got[k] for k in COMPARED} == {k: want[k] for k in COMPARED}
 
 
 def test_existing_experiment_is_never_overwritten(tiny_raw) -> None:

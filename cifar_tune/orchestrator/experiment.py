@@ -46,6 +46,7 @@ from cifar_tune.names import (
 )
 from cifar_tune.orchestrator.cluster import alive_nodes, check_storage, ray_session
 from cifar_tune.orchestrator.export_hook import ExportCallback
+from cifar_tune.orchestrator.interrupt import GracefulInterrupt, sigint_restored
 from cifar_tune.orchestrator.param_space import param_space
 from cifar_tune.orchestrator.preflight import preflight
 from cifar_tune.orchestrator.timing import time_in_session
@@ -239,7 +240,8 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
 
 
 def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
-    hooks: list[Any] = [LedgerCallback()] + ([ExportCallback(config, plan, data)] if config.export.enabled else [])
+    hooks: list[Any] = [GracefulInterrupt(), LedgerCallback()]
+    hooks += [ExportCallback(config, plan, data)] if config.export.enabled else []
     wandb_hook = trial_callback(config, config.experiment_location(), plan.columns)
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
 
@@ -247,7 +249,7 @@ def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extr
 def _fit(tuner: tune.Tuner) -> Any:
     """Tune's loop, with a DeviceLedger for the trials to count who shares their device."""
     ledger = start_ledger()  # held here: Ray ends a named actor once no handle to it is left
-    with _quiet_snapshot_warning(), _cwd_that_outlives_the_job():
+    with _quiet_snapshot_warning(), _cwd_that_outlives_the_job(), sigint_restored():
         grid = tuner.fit()
     del ledger
     return grid
