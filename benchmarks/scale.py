@@ -2,7 +2,7 @@
 Ray Tune doing the same training on the same cluster, and the theoretical minimum.
 
     python benchmarks/scale.py --trials 100 --nodes 8 --out /tmp/scale
-    python benchmarks/scale.py --smoke-test            # 4 trials on 2 nodes, about a minute (CI runs it)
+    python benchmarks/scale.py --smoke-test            # 2 trials on 1 node, about a minute (CI runs it)
 
 cifar-tune's side is the real thing: the trainable, the device ledger, the export hook (eager_fp32
 and onnx_fp32 with parity, latency timed once), W&B offline, results.csv, then `analyze`. Bare
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="keeps the experiment folders and figures (default: a temp dir)")
     parser.add_argument("--resume-check", action="store_true",
                         help="also interrupt a third run halfway and time `cifar-tune resume`")
-    parser.add_argument("--smoke-test", action="store_true", help="4 short trials on 2 nodes")
+    parser.add_argument("--smoke-test", action="store_true", help="2 short trials on 1 node")
     parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         args.result.write_text(json.dumps(SIDES[args.side](args)))
         return 0
     if args.smoke_test:
-        args.trials, args.nodes, args.images = 4, 2, 64
+        args.trials, args.nodes, args.images = 2, 1, 64
     for flag, value in (("--trials", args.trials), ("--nodes", args.nodes), ("--cpus-per-node", args.cpus_per_node),
                         ("--images", args.images)):
         if value < 1:
