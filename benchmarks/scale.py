@@ -237,7 +237,7 @@ def resume_check(args: argparse.Namespace, address: str) -> dict:
 
 class RayCensus:
     """Counts the Ray worker processes of this cluster's nodes by name (ray::ImplicitFunc,
-    ray::DeviceLedger, ray::_QueueActor of W&B, ...: the children of the processes that name a
+    ray::DeviceLedger, ray::RunLogger of W&B, ...: the children of the processes that name a
     node's temp dir) every half second: the peak, and what is left at the end."""
 
     def __init__(self, nodes: list[str]) -> None:

@@ -1,7 +1,9 @@
 """Weights & Biases during a run: the per-trial logging callback (mode and folders: wandb_setup.py).
 
-Per-trial runs are logged through Ray Tune's own `WandbLoggerCallback`: each trial gets a logging
-actor of its own, so a slow or unreachable W&B server delays that actor, never the training.
+Each trial is a W&B run, logged through one Ray actor for the whole experiment run (`RunLogger`,
+no CPU of its own, on the driver's node): a slow or unreachable W&B server delays that actor, never
+the training, and a study of a thousand trials starts one logging process, not two per trial as
+Ray Tune's own `WandbLoggerCallback` does (whose config handling this callback keeps).
 Runs are grouped by experiment name (job_type `train`), named `<precision>-s<seed>` (plus the other
 searched values), tagged `precision:<p>` and `seed:<s>`, carry the trial config with `precision`,
 `seed` and every searched key also at its top level (what a W&B filter or grouping reads), and their
@@ -11,57 +13,133 @@ run. Files go to `<experiment dir>/wandb` unless WANDB_DIR is set (wandb_setup.w
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+import ray
+from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback, _clean_log, _is_allowed_type
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.utils import flatten_dict
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cifar_tune.search import search_value
 from cifar_tune.storage import Location
 from cifar_tune.wandb_setup import apply_wandb_mode, offline_note, wandb_dir
 
+_log = logging.getLogger(__name__)
 
-class _ClosingWandbLoggingActor(_WandbLoggingActor):
-    """Ray's per-trial logging actor, which also waits for W&B to close the run's files.
 
-    Ray kills the actor as soon as `run()` returns, i.e. right after wandb.finish(); the wandb-core
-    process may then still be writing the run file (seen here: a 7-byte offline run, read back as
-    empty). wandb.teardown() returns once that process has flushed and exited."""
+class RunLogger:
+    """Every trial's W&B run, in one process (one wandb-core service for them all). Calls arrive in
+    the order the driver sent them (one caller, one thread): start, results, end, per trial."""
 
-    def run(self) -> Any:
+    def __init__(self) -> None:
+        import wandb
+
+        self._wandb = wandb
+        self._runs: dict[str, tuple[Any, set[str], set[str]]] = {}  # trial id -> (run, excluded, to config)
+
+    def start(self, trial_id: str, exclude: list[str], to_config: list[str], init_kwargs: dict[str, Any]) -> None:
+        if trial_id in self._runs:  # a trial restarted within the run keeps its W&B run
+            return
+        run = self._wandb.init(**{**init_kwargs, "reinit": "create_new"})  # beside the other trials' runs
+        self._runs[trial_id] = (run, set(exclude), set(to_config))
+
+    def log(self, trial_id: str, result: dict[str, Any]) -> None:
+        run, exclude, to_config = self._runs[trial_id]
+        metrics, config = {}, dict(result.get("config", {}))
+        for key, value in flatten_dict(result, delimiter="/").items():
+            if any(key == item or key.startswith(item + "/") for item in exclude):
+                continue
+            if any(key == item or key.startswith(item + "/") for item in to_config):
+                config[key] = value
+            elif _is_allowed_type(value):
+                metrics[key] = value
+        config.pop("callbacks", None)
         try:
-            return super().run()
-        finally:
-            self._wandb.teardown()
+            run.config.update(config, allow_val_change=True)
+            run.log(metrics, step=metrics.get(TRAINING_ITERATION))
+        except Exception as exc:  # a lost data point must not end the logging of every trial
+            _log.warning("W&B: result of trial %s not logged: %s", trial_id, exc)
+
+    def end(self, trial_id: str) -> None:
+        if trial_id in self._runs:
+            self._runs.pop(trial_id)[0].finish()
+
+    def close(self) -> None:
+        """End every run still open (trials stopped by Ctrl-C), then wait for wandb-core to write
+        the last bytes of each run file: once the actor is killed, nothing more is written."""
+        for trial_id in list(self._runs):
+            self.end(trial_id)
+        self._wandb.teardown()
 
 
 class TaggedWandbLoggerCallback(WandbLoggerCallback):
-    """Ray's W&B callback, plus tags from each trial's precision and seed; its logging actors
-    close their runs completely before Ray ends them."""
-
-    _logger_actor_cls = _ClosingWandbLoggingActor  # Ray's hook for the actor class
+    """Ray's W&B callback (API key, project, each run's config and init arguments), plus tags from
+    each trial's precision and seed, logging every trial through the run's one `RunLogger`."""
 
     def __init__(self, *args: Any, extra_tags: list[str] | None = None, search_keys: list[str] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_tags = list(extra_tags or [])
         self.search_keys = list(search_keys or [])
+        self._logger: Any = None
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # After Ctrl-C, trials that were still running never got their "end" message, and Ray's
-        # version would wait upload_timeout (30 minutes by default) for their actors before
-        # killing them. Tell every actor to finish its run first: they close within seconds, and a
-        # resumed trial continues the same W&B run (its id is the trial id).
-        for trial in list(self._trial_logging_actors):
-            self._signal_logging_actor_stop(trial=trial)
-        super().on_experiment_end(trials, **info)
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks: not the live actor
+        return {**self.__dict__, "_logger": None}
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        super().setup(*args, **kwargs)
+        self._logger = None  # also for a callback restored from an experiment written before it had one
+        self._started: set[str] = set()
+
+    def _run_logger(self) -> Any:
+        if self._logger is None:
+            env = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            self._logger = ray.remote(RunLogger).options(
+                num_cpus=0, scheduling_strategy=here, runtime_env={"env_vars": {**env, "WANDB_START_METHOD": "thread"}},
+            ).remote()
+        return self._logger
 
     def _start_logging_actor(self, trial: Any, exclude_results: list[str], **init_kwargs: Any) -> None:
         train = trial.config.get("train", {})
         tags = [f"precision:{train.get('precision')}", f"seed:{train.get('seed')}", *self.extra_tags]
         top = run_keys(trial.config, self.search_keys)
-        config = {**top, **init_kwargs.get("config", {})}
-        super()._start_logging_actor(trial, exclude_results, **{**init_kwargs, "tags": tags, "config": config,
-                                                                "name": run_name(top)})
+        init_kwargs = {**init_kwargs, "tags": tags, "config": {**top, **init_kwargs.get("config", {})},
+                       "name": run_name(top)}
+        self._run_logger().start.remote(trial.trial_id, exclude_results, self.AUTO_CONFIG_KEYS, init_kwargs)
+        self._started.add(trial.trial_id)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial.trial_id not in self._started:
+            self.log_trial_start(trial)
+        result = _clean_log(result, video_kwargs=self.video_kwargs, image_kwargs=self.image_kwargs)
+        self._run_logger().log.remote(trial.trial_id, result)
+
+    def log_trial_save(self, trial: Any) -> None:
+        pass  # checkpoints are not uploaded to W&B (upload_checkpoints stays off)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial.trial_id in self._started:
+            self._started.discard(trial.trial_id)
+            self._run_logger().end.remote(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Every run ended and written (after Ctrl-C too: the trials still running never got their
+        end), within upload_timeout; then the logger goes, and nothing of the run's W&B is left."""
+        if self._logger is None:
+            return
+        logger, self._logger = self._logger, None
+        try:
+            ray.get(logger.close.remote(), timeout=self._upload_timeout)
+        except Exception as exc:
+            _log.warning("W&B: the runs did not all close within %s s: %s", self._upload_timeout, exc)
+        ray.kill(logger)
+
+    def __del__(self) -> None:
+        pass  # Ray's version stops per-trial actors; the one logger ends with on_experiment_end or the job
 
 
 def run_keys(trial_config: dict[str, Any], search_keys: list[str]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,31 @@ def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_t
             "wandb": {"mode": "offline", "tags": ["ci"]},
             "timing": {"enabled": True, "rounds": 2, "steps": 2, "warmup_steps": 1},
         }
+        before = set(_actors())
         path = run_experiment(validate_config(raw), quiet=True).path
+        _RUN_ACTORS.extend(set(_actors()) - before)
         analyze_experiment(path, wandb_mode="offline")
     return path
+
+
+_RUN_ACTORS: list[str] = []  # ids of the actors the `logged` run started
+
+
+def _actors() -> dict[str, dict[str, Any]]:
+    import ray._private.state  # the GCS's actor table (Ray's state API needs a dashboard)
+
+    return ray._private.state.actors()
+
+
+def test_one_logging_actor_serves_every_trial_and_ends_with_the_run(logged: Path) -> None:
+    """Ray Tune's own W&B callback starts two actors per trial; here two trials share one, and no
+    actor of the run outlives it (Ray ends a killed actor asynchronously: a few seconds allowed)."""
+    classes = Counter(_actors()[a]["ActorClassName"] for a in _RUN_ACTORS)
+    assert {c: n for c, n in classes.items() if c not in ("ImplicitFunc", "DeviceLedger")} == {"RunLogger": 1}, classes
+    deadline = time.monotonic() + 30
+    while {_actors()[a]["State"] for a in _RUN_ACTORS} != {"DEAD"} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {a: _actors()[a]["State"] for a in _RUN_ACTORS if _actors()[a]["State"] != "DEAD"} == {}
 
 
 def test_trial_runs_are_grouped_tagged_and_summarized(logged: Path) -> None:
