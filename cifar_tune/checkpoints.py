@@ -2,9 +2,10 @@
 that is, derived from the model and optimizer rather than measured after the fact.
 
 A checkpoint holds the resumable state (weights, optimizer, schedule, RNG) and the best weights so
-far. A trial checkpoints every `checkpoint_every` epochs, at its last epoch, and at every epoch
-where ASHA may stop it (so a stopped trial keeps its latest weights). docs/training.md gives each
-setting's bytes and resume guarantee.
+far; the last epoch's holds the weights only (a finished trial never trains on). A trial
+checkpoints every `checkpoint_every` epochs, at its last epoch, and at every epoch where ASHA may
+stop it (so a stopped trial keeps its latest weights). docs/training.md gives each setting's bytes
+and resume guarantee.
 """
 
 from __future__ import annotations
@@ -60,10 +61,16 @@ class CheckpointSize:
 
     state: int  # weights + optimizer slots (+ schedule, scaler, RNG: a few KB)
     best: int  # the best weights
+    weights: int  # the last epoch's state.pt: the weights alone
 
     @property
     def total(self) -> int:
         return self.state + self.best
+
+    @property
+    def last(self) -> int:
+        """The checkpoint of a trial's last epoch."""
+        return self.weights + self.best
 
     @classmethod
     def of(cls, model_cfg: ModelConfig, train_cfg: TrainConfig) -> CheckpointSize:
@@ -73,7 +80,7 @@ class CheckpointSize:
         params = _tensor_bytes(list(model.parameters()))
         # SGD keeps one momentum buffer per parameter (none without momentum), AdamW two moments.
         slots = 2 if train_cfg.optimizer == "adamw" else (1 if train_cfg.momentum > 0 else 0)
-        return cls(state=weights + slots * params, best=weights)
+        return cls(state=weights + slots * params, best=weights, weights=weights)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class StudyWrites:
     trials: int
     checkpoints: int  # over all trials
     bytes: int  # written over the run
-    kept: int  # left at the end: Tune keeps each trial's best and latest checkpoint
+    kept: int  # left at the end, at most: Tune keeps each trial's best and latest checkpoint
 
     def describe(self) -> str:
         per = self.bytes / max(self.checkpoints, 1)
@@ -113,6 +120,6 @@ def study_writes(config: ExperimentConfig, plan: SearchPlan) -> StudyWrites:
         size = sizes.setdefault(key, CheckpointSize.of(model_cfg, train_cfg))
         count = len(checkpoint_epochs(epochs, train_cfg.checkpoint_every, trial_rungs(config, epochs)))
         checkpoints += count
-        total += count * size.total
-        kept += min(count, 2) * size.total
+        total += (count - 1) * size.total + size.last
+        kept += size.last + (size.total if count > 1 else 0)  # the latest (the last epoch's) and the best
     return StudyWrites(len(plan.trials), checkpoints, total, kept)

@@ -358,16 +358,16 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, folder: str | Path) -> None:
+        """state.pt: the weights and where training stands; until the last epoch also what training
+        on needs (optimizer, schedule, grad scaler, RNG), which a finished trial never reads again.
+        best_model.pt: the best-validation weights, with what an export needs to rebuild the model."""
         folder = Path(folder)
-        torch.save({
-            "epoch": self.epoch,
-            "training_time_s": self.training_time_s,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(self.data_generator),
-        }, folder / STATE_FILE)
+        state: dict[str, Any] = {"epoch": self.epoch, "training_time_s": self.training_time_s,
+                                 "model": self.model.state_dict()}
+        if self.epoch < self.cfg.epochs:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         scaler=self.scaler.state_dict(), rng=_rng_state(self.data_generator))
+        torch.save(state, folder / STATE_FILE)
         torch.save({
             "state_dict": self.best_state,
             "val_acc": self.best_val_acc,
@@ -385,6 +385,15 @@ class Trainer:
         folder = Path(folder)
         state, best = (_load_checkpoint_file(folder / name) for name in (STATE_FILE, BEST_FILE))
         self.model.load_state_dict(state["model"])
+        self.epoch = state["epoch"]
+        self.training_time_s = state["training_time_s"]
+        self.best_state = best["state_dict"]
+        self.best_val_acc, self.best_epoch = best["val_acc"], best["epoch"]
+        if "optimizer" not in state:  # the trial's last epoch: it is done, nothing to train on with
+            if self.epoch < self.cfg.epochs:
+                raise CheckpointError(f"checkpoint {folder} was saved after the last of {state['epoch']} epoch(s) and "
+                                      f"holds no optimizer state: it cannot continue to {self.cfg.epochs} epochs")
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint from another device carries its own choice
             group["fused"] = fused_optimizer(self.device, self.graphed)
@@ -395,7 +404,3 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.data_generator)
-        self.epoch = state["epoch"]
-        self.training_time_s = state["training_time_s"]
-        self.best_state = best["state_dict"]
-        self.best_val_acc, self.best_epoch = best["val_acc"], best["epoch"]

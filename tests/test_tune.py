@@ -93,11 +93,12 @@ def test_experiment_learns_and_writes_results(tiny_raw) -> None:
         assert saved["val_acc"] == result.metrics["best_val_acc"]
 
 
-@pytest.mark.parametrize(("checkpoint_every", "fail_at_epoch"), [(1, 2), (2, 1)])
+@pytest.mark.parametrize(("checkpoint_every", "fail_at_epoch"), [(1, 2), (2, 1), (1, 3)])
 def test_failed_trial_is_retried_from_its_checkpoint_exactly(tiny_raw, straight, monkeypatch,
                                                              checkpoint_every: int, fail_at_epoch: int) -> None:
     """checkpoint_every 1: the retry continues after the failed epoch. 2: the failure comes before
-    the first checkpoint (epoch 2), so the retry replays epoch 1, to the same numbers."""
+    the first checkpoint (epoch 2), so the retry replays epoch 1, to the same numbers. Failing after
+    the last epoch: the retry restores the last checkpoint (weights only) and trains nothing again."""
     reference_raw, reference = straight
     inject_faults(monkeypatch, fail_at_epoch=fail_at_epoch)
     config = _config(reference_raw, name="retried", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1},
