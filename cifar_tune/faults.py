@@ -9,12 +9,15 @@ everywhere outside the tests, nothing is injected.
                        remembers; never at its last epoch, nor when resumed past it)
     fail_export_seed   the export task of every trial with this seed raises
     crash_export_seed  the export task of every trial with this seed kills its own worker process
+    epoch_pause_s      every trial sleeps this long after reporting each epoch but its last: a window
+                       in which a test kills or interrupts a trial mid-run, bought without CPU
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +37,7 @@ class Faults:
     fail_at_epoch: int | None = None
     fail_export_seed: int | None = None
     crash_export_seed: int | None = None
+    epoch_pause_s: float | None = None
 
     def fail_now(self, epoch: int, last_epoch: bool, trial_dir: str) -> bool:
         """Whether fail_at_epoch fires after this epoch of the trial whose folder is `trial_dir`."""
@@ -43,6 +47,11 @@ class Faults:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"fail_at_epoch {epoch}\n")
         return True
+
+    def pause(self, last_epoch: bool) -> None:
+        """Sleep epoch_pause_s after an epoch that is not the trial's last (sleeping changes no number)."""
+        if self.epoch_pause_s and not last_epoch:
+            time.sleep(self.epoch_pause_s)
 
     def export_fault(self, seed: int | None) -> ExportFault:
         """What the export task of a trial with this seed is to suffer, if anything."""

@@ -32,6 +32,14 @@ ALLOW_SECOND = {"allow_slow_precision": not NATIVE_BF16}
 # The variants a CPU export builds here, but those that compile (torch.compile, AOTInductor): half a
 # minute or more each on 2 cores, so only the tests about them (marked slow) build them.
 FAST_VARIANTS = [s.name for s in REGISTRY if not s.compiles and not unmet(s, torch.device("cpu"))]
+# Tests of orchestration, resume, exports and analysis train a narrow AlexNet (model.width 0.25:
+# 0.29 M parameters, not 4.6 M): every layer and code path of the study's network at an eighth
+# of its compute and checkpoint bytes. What the full width is claimed to do (learn the tiny set
+# in 3 epochs; its checkpoint's size) is tested at width 1.0.
+TINY_MODEL = {"width": 0.25}
+# Tests that kill or interrupt a trial mid-run need it to run for a while: a pause after every
+# epoch (cifar_tune/faults.py) gives them the window without spending CPU.
+PAUSE = {"epoch_pause_s": 1.0}
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +63,7 @@ def tiny_config(cifar_root: Path, storage: Path) -> dict[str, Any]:
         "storage_path": str(storage),
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": TEST_PRECISION, "eval_batch_size": 200},
+        "model": dict(TINY_MODEL),
         "resources": {"cpus_per_trial": 1},
         "export": {"enabled": False},
         "wandb": {"mode": "disabled"},

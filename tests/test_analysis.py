@@ -13,7 +13,7 @@ from cifar_tune.analysis.load import load_experiment
 from cifar_tune.config import validate_config
 from cifar_tune.orchestrator.cli import main
 
-from conftest import ALLOW_SECOND, FAST_VARIANTS, SECOND_PRECISION, inject_faults
+from conftest import ALLOW_SECOND, FAST_VARIANTS, SECOND_PRECISION, TINY_MODEL, inject_faults
 
 pytestmark = pytest.mark.usefixtures("ray_for_tests")
 QUICK_EXPORT = {"enabled": True, "batch_sizes": [1, 4], "warmup_runs": 1, "min_runs": 2, "min_duration_s": 0.0,
@@ -34,6 +34,7 @@ def smoke(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_te
         "name": "smoke", "storage_path": str(tmp_path_factory.mktemp("analysis")),
         "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
         "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "eval_batch_size": 200, **ALLOW_SECOND},
+        "model": TINY_MODEL,
         "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0, 1]},
         "resources": {"cpus_per_trial": 1}, "export": QUICK_EXPORT, "wandb": {"mode": "disabled"},
     }

@@ -35,7 +35,8 @@ def test_asha_rungs_are_the_epochs_ray_asha_decides_at(grace: int, rf: float, ma
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_checkpoint_size_derived_from_the_model_matches_the_files(tiny_raw, tmp_path: Path, optimizer: str) -> None:
-    config = validate_config({**tiny_raw, "train": {**tiny_raw["train"], "epochs": 2, "optimizer": optimizer}})
+    config = validate_config({**tiny_raw, "train": {**tiny_raw["train"], "epochs": 2, "optimizer": optimizer},
+                              "model": {"width": 1.0}})  # the study's network: what a user's run writes
     trainer = Trainer(config.train, config.model, load_data(config.data))
     size = CheckpointSize.of(config.model, config.train)
     for epoch, state_bytes in ((1, size.state), (2, size.weights)):  # the last epoch's holds the weights only

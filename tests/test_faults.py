@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from cifar_tune.faults import ENV
 from cifar_tune.orchestrator.cli import main
 
-from conftest import inject_faults
+from conftest import PAUSE, inject_faults
 
 CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
 
@@ -57,13 +59,13 @@ def _first_epoch_reported(experiment: Path, timeout_s: float = 300) -> None:
 
 def test_ctrl_c_stops_within_seconds_and_resume_continues_the_same_wandb_runs(tiny_raw, tmp_path: Path) -> None:
     raw = {**tiny_raw, "data": {**tiny_raw["data"], "train_subset": 96},
-           "train": {**tiny_raw["train"], "epochs": 25}, "wandb": {"mode": "offline"}}
+           "train": {**tiny_raw["train"], "epochs": 10}, "wandb": {"mode": "offline"}}
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(raw))
     experiment = Path(raw["storage_path"]) / raw["name"]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_DIR")}
     run = subprocess.Popen([CIFAR_TUNE, "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env)
+                           text=True, env={**env, ENV: json.dumps(PAUSE)})  # Ctrl-C lands mid-run
     _first_epoch_reported(experiment)
     run.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
@@ -78,7 +80,7 @@ def test_ctrl_c_stops_within_seconds_and_resume_continues_the_same_wandb_runs(ti
                              env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = pd.read_csv(experiment / "results.csv")
-    assert table["status"].tolist() == ["TERMINATED"] and table["epochs_done"].tolist() == [25]
+    assert table["status"].tolist() == ["TERMINATED"] and table["epochs_done"].tolist() == [10]
     # W&B: the resumed trial logs to the run of the same id (the trial id), not to a new one.
     run_ids = {d.name.rsplit("-", 1)[1] for d in (experiment / "wandb").glob("offline-run-*")}
     assert run_ids == {table["trial_id"].item()}

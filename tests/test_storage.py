@@ -26,7 +26,7 @@ from s3_server import SECRET, client, objects, s3_env, s3_server
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
 
-from conftest import FAST_VARIANTS
+from conftest import FAST_VARIANTS, PAUSE
 
 CIFAR_TUNE = str(Path(sys.executable).parent / "cifar-tune")
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,7 +246,7 @@ def test_a_worker_node_lost_mid_trial_the_trial_finishes_on_the_other(s3: str, t
         config.write_text(yaml.safe_dump({**raw, "storage_path": "s3://bars/nodeloss"}))
         run = subprocess.Popen([CIFAR_TUNE, "run", str(config), "--address", f"127.0.0.1:{port}"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=clean_env(**s3_env(s3)))
+                               env=clean_env(**s3_env(s3), CIFAR_TUNE_FAULTS=json.dumps(PAUSE)))  # time to kill
         deadline = time.monotonic() + 300
         while len(set(_first_epoch_nodes(s3, "nodeloss/tiny/").values())) < 2:  # one trial on each node
             assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:] if run.stderr else ""

@@ -19,7 +19,7 @@ from cifar_tune.config import ConfigError, validate_config
 from cifar_tune.names import BEST_FILE, EPOCH_METRICS, STATE_FILE, TEST_METRICS
 from cifar_tune.orchestrator.cluster import check_storage
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION, inject_faults
+from conftest import ALLOW_SECOND, PAUSE, SECOND_PRECISION, TEST_PRECISION, inject_faults, tiny_config
 
 EPOCH_KEYS = set(EPOCH_METRICS)
 FINAL_KEYS = set(TEST_METRICS)
@@ -53,20 +53,13 @@ def _final_weights(result) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def straight(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_tests: None) -> Any:
     """One uninterrupted 3-epoch trial, the reference for the resume tests."""
-    raw = {
-        "name": "straight", "storage_path": str(tmp_path_factory.mktemp("straight")),
-        "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 192},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.02, "precision": TEST_PRECISION, "eval_batch_size": 200},
-        "resources": {"cpus_per_trial": 1},
-        "export": {"enabled": False},
-        "wandb": {"mode": "disabled"},
-    }
+    raw = {**tiny_config(cifar_root, tmp_path_factory.mktemp("straight")), "name": "straight"}
     return raw, run_experiment(validate_config(raw), quiet=True)
 
 
 def test_experiment_learns_and_writes_results(tiny_raw) -> None:
     config = _config(tiny_raw, search={"precision": ["fp32", SECOND_PRECISION], "seed": [0]},
-                     train={**tiny_raw["train"], **ALLOW_SECOND})
+                     train={**tiny_raw["train"], **ALLOW_SECOND}, model={"width": 1.0})  # the study's network
     outcome = run_experiment(config, quiet=True)
     table = outcome.table
     assert list(table["precision"]) == sorted(["fp32", SECOND_PRECISION]) and list(table["seed"]) == [0, 0]
@@ -226,7 +219,7 @@ def test_asha_scheduler_is_built_from_the_plan(tiny_raw, monkeypatch) -> None:
     assert experiment.make_scheduler(late, SearchPlan.of(late))["grace_period"] == 3
 
 
-def test_trial_worker_killed_mid_training_is_retried_exactly(tiny_raw, straight) -> None:
+def test_trial_worker_killed_mid_training_is_retried_exactly(tiny_raw, straight, monkeypatch) -> None:
     """SIGKILL of the trial's worker process (as an OOM kill): Tune restarts it from its last
     checkpoint and it ends exactly where the uninterrupted run ends."""
     import signal
@@ -235,6 +228,7 @@ def test_trial_worker_killed_mid_training_is_retried_exactly(tiny_raw, straight)
 
     reference_raw, reference = straight
     config = _config(reference_raw, name="killed", storage_path=tiny_raw["storage_path"], ray={"max_failures": 1})
+    inject_faults(monkeypatch, **PAUSE)  # a second after each epoch: the kill lands before the trial ends
     outcome: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: outcome.update(result=run_experiment(config, quiet=True)))
     runner.start()

@@ -17,7 +17,7 @@ from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.config import validate_config
 from cifar_tune.wandb_setup import resolve_mode
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION
+from conftest import ALLOW_SECOND, SECOND_PRECISION, TINY_MODEL
 
 FAKE_KEY = "ctfake" + "0123456789abcdef" * 2 + "fedcba98"  # 46 recognizable characters
 WANDB = str(Path(sys.executable).parent / "wandb")
@@ -44,6 +44,7 @@ def logged(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory, ray_for_t
             "name": "tracked", "storage_path": str(tmp_path_factory.mktemp("wandb")),
             "data": {"root": str(cifar_root), "download": False, "val_size": 100, "train_subset": 128},
             "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, **ALLOW_SECOND},
+            "model": TINY_MODEL,
             "search": {"precision": ["fp32", SECOND_PRECISION], "seed": [0]},
             "resources": {"cpus_per_trial": 1}, "export": {"enabled": False},
             "wandb": {"mode": "offline", "tags": ["ci"]},

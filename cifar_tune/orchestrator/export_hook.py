@@ -35,6 +35,7 @@ from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.timing import isolated_node
 from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
+from cifar_tune.variants import VARIANTS
 
 
 def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
@@ -153,6 +154,7 @@ class ExportCallback(tune.Callback):
         self.latency: dict[str, Any] = {}  # the one timing of this run: {"bench": rows, ...} or {"error": ...}
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
         self.faults = current_faults()  # what the tests inject (cifar_tune/faults.py): none otherwise
+        self._export: ExportConfig | None = None  # the export settings of this run, fixed at its first export
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
@@ -169,6 +171,7 @@ class ExportCallback(tune.Callback):
         self.sources, self.latency = {}, {}
         self.experiment_dir = None
         self.faults = current_faults()  # read again on resume, never pickled
+        self._export = None
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
@@ -188,7 +191,7 @@ class ExportCallback(tune.Callback):
         self.experiment_dir = trial_dir.at(posixpath.dirname(trial.path))
         row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
                **{c: search_value(trial.config, c) for c in self.search_columns}}
-        export = self.config.export
+        export = self.export_settings()
         gpus = export_gpus(self.config)
         task = export_on_gpu if gpus > 0 else export_on_cpu
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
@@ -197,6 +200,20 @@ class ExportCallback(tune.Callback):
         self.queued.append((trial.trial_id, launch, row, gpus))
         self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)
+
+    def export_settings(self) -> ExportConfig:
+        """`export` as this run's trials are exported. `variants: null` means every variant the
+        device runs, decided once per experiment: where a resumed experiment's bench.csv already
+        holds exported trials, the rest build exactly the variants those have (a newer version may
+        know more), so its deployment tables compare like with like."""
+        if self._export is None:
+            export = self.config.export
+            earlier = self.experiment_dir.read_csv(BENCH_CSV) if self.experiment_dir is not None else pd.DataFrame()
+            if export.variants is None and "variant" in earlier:
+                built = set(earlier["variant"])
+                export = ExportConfig.model_validate({**export.model_dump(), "variants": [v for v in VARIANTS if v in built]})
+            self._export = export
+        return self._export
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         self.launch_ready(trials)
@@ -242,7 +259,7 @@ class ExportCallback(tune.Callback):
         trial_id = exported[0]
         checkpoint, out_uri = self.sources[trial_id]
         names = [row["variant"] for row in self.outcomes[trial_id]["result"].get("variants", [])]
-        export = self.config.export
+        export = self.export_settings()
         gpus = 1.0 if export_gpus(self.config) > 0 else 0.0
         node = isolated_node(ray.nodes(), gpus, "export.gpus")
         cpus = export.cpus if gpus else node["Resources"].get("CPU", export.cpus)

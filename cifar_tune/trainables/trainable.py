@@ -66,3 +66,4 @@ def train_cifar(config: dict[str, Any], data: CifarData, faults: Faults | None =
         last_epoch = trainer.epoch == train_cfg.epochs
         if not resumed and faults.fail_now(trainer.epoch, last_epoch, tune.get_context().get_trial_dir()):
             raise InjectedFailure(f"fail_at_epoch: failing after epoch {trainer.epoch} as the test asked")
+        faults.pause(last_epoch)
