@@ -44,8 +44,9 @@ def study(path: Path, data: str, smoke_shaped: bool, smoke_test: bool) -> dict:
     if smoke_shaped:
         raw["data"]["train_subset"] = 1500
         raw["export"] = {**raw.get("export", {}), "variants": None, "batch_sizes": [1, 64]}
-    if smoke_test:  # seconds: tiny data, one epoch, the fast variants only
+    if smoke_test:  # seconds: tiny data, one epoch, a narrow model (width 0.25), the fast variants only
         raw["data"].update(train_subset=96, val_size=100, test_subset=100)
+        raw["model"] = {**raw.get("model", {}), "width": 0.25}
         raw["train"] = {**raw.get("train", {}), "epochs": 1, "batch_size": 32}
         raw["search"] = {**raw.get("search", {}), "precision": ["fp32"], "seed": [0]}
         raw["export"].update(variants=["eager_fp32", "torchscript", "onnx_fp32"], calibration_images=32, min_runs=2,
