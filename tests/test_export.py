@@ -292,7 +292,8 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(hook_run, capsys) ->
 def test_resumed_experiment_exports_the_rest_and_keeps_earlier_exports(tiny_raw, ray_for_tests, monkeypatch) -> None:
     from cifar_tune import resume_experiment, run_experiment
 
-    quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2]}
+    # Two variants without ONNX's exporter (seconds per trial): what is tested is the merge, not the variants.
+    quick = {**QUICK.model_dump(), "enabled": True, "batch_sizes": [2], "variants": ["eager_fp32", "torchscript"]}
     # epochs=2 finishes (and is exported); epochs=3 fails after epoch 2 and is finished by resume.
     inject_faults(monkeypatch, fail_at_epoch=2)
     raw = {**tiny_raw, "search": {"epochs": [2, 3]}, "export": quick}
