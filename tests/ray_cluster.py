@@ -47,31 +47,45 @@ def ensure_auth_token() -> None:
                        env=clean_env(), check=True)
 
 
+# What `ray start --address` says when the head it joins answered too late (a head started seconds
+# before, on 2 busy cores, as in CI): worth another try on a fresh temp dir.
+JOIN_TOO_EARLY = ("Deadline Exceeded", "Failed to get node info")
+JOIN_ATTEMPTS = 3
+
+
 def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = None,
                env: dict[str, str] | None = None, temp_dir: str | None = None, client_port: int | None = None) -> str:
     """Start one node; returns its temp dir (short: Ray's socket paths must stay under ~107 characters),
     which its processes name on their command line. `env`: extra variables for the node's processes
     (cloud credentials, as a cloud node has them from its role). `temp_dir`: share another node's, as
-    `ray start` nodes on one machine do by default (/tmp/ray). `client_port`: Ray Client's (head)."""
+    `ray start` nodes on one machine do by default (/tmp/ray). `client_port`: Ray Client's (head).
+    A worker node with a temp dir of its own that joined too early is started again (JOIN_TOO_EARLY)."""
     if head:
         ensure_auth_token()
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
+    shared = temp_dir is not None
     dashboard = [f"--dashboard-port={dashboard_port}"] if dashboard_port else ["--include-dashboard=false"]
     where = ["--head", f"--port={port}", *dashboard] if head else [f"--address=127.0.0.1:{port}"]
     if head:  # Ray Client's server (ray://) on a port of its own, not the default 10001
         where.append(f"--ray-client-server-port={client_port or free_port()}")
     env = clean_env(**(env or {})) if head else clean_env(RAY_AUTH_MODE="token", **(env or {}))  # a worker joins the token auth
-    # Ports of its own for the dashboard agent: the defaults may be held by another Ray on this
-    # machine (the test session's own), and then `ray job submit` finds no agent.
-    agent = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
-    started = subprocess.run([RAY, "start", *where, *agent, f"--num-cpus={cpus}", f"--temp-dir={temp_dir}",
-                              "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)
-    if head:
-        _HEAD_PORTS[temp_dir] = port
-    if started.returncode != 0:
-        stop_node(temp_dir)
-        raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
-    return temp_dir
+    for attempt in range(1, JOIN_ATTEMPTS + 1):
+        node_dir = temp_dir or tempfile.mkdtemp(prefix="ct-ray-", dir="/tmp")
+        # Ports of its own for the dashboard agent: the defaults may be held by another Ray on this
+        # machine (the test session's own), and then `ray job submit` finds no agent.
+        agent = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
+        started = subprocess.run([RAY, "start", *where, *agent, f"--num-cpus={cpus}", f"--temp-dir={node_dir}",
+                                  "--disable-usage-stats"], capture_output=True, text=True, timeout=120, env=env)
+        if head:
+            _HEAD_PORTS[node_dir] = port
+        if started.returncode == 0:
+            return node_dir
+        if not shared:  # a shared temp dir names the other node's processes too: leave them
+            stop_node(node_dir)
+        retry = not head and not shared and any(text in started.stderr for text in JOIN_TOO_EARLY)
+        if not retry or attempt == JOIN_ATTEMPTS:
+            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+        time.sleep(2.0 * attempt)
+    raise AssertionError("unreachable")
 
 
 def stop_node(temp_dir: str) -> None:

@@ -433,6 +433,26 @@ def test_only_torch_variants_on_a_gpu_use_cuda_events() -> None:
 # --------------------------------------------------------------------------- choosing variants, torch.compile
 
 
+def test_default_variants_are_decided_once_per_experiment(tiny_raw, tmp_path: Path) -> None:
+    """export.variants null: a fresh experiment builds what the device runs; one whose bench.csv
+    already holds exported trials (a resume) builds exactly their variants; an explicit list wins."""
+    from cifar_tune.orchestrator.export_hook import ExportCallback
+    from cifar_tune.search import SearchPlan
+
+    def settings(variants: list[str] | None, earlier: list[str] | None) -> list[str] | None:
+        config = validate_config({**tiny_raw, "export": {"variants": variants}})
+        hook = ExportCallback(config, SearchPlan.of(config))
+        folder = Location.of(tmp_path / str(len(list(tmp_path.iterdir()))))
+        if earlier is not None:
+            folder.write_csv("bench.csv", pd.DataFrame({"trial_id": "t0", "variant": earlier}))
+        hook.experiment_dir = folder
+        return hook.export_settings().variants
+
+    assert settings(None, None) is None  # every variant the device runs
+    assert settings(None, ["onnx_int8", "eager_fp32", "eager_fp32", "gone_since"]) == ["eager_fp32", "onnx_int8"]
+    assert settings(["torchscript"], ["onnx_int8"]) == ["eager_fp32", "torchscript"]
+
+
 def test_unknown_variant_is_a_config_error_naming_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"export\.variants: unknown variant\(s\) 'tensorrt_fp8'; known: eager_fp32"):
         validate_config({"export": {"variants": ["onnx_fp32", "tensorrt_fp8"]}})

@@ -6,11 +6,18 @@
     analysis, written = analyze_experiment("results/study")   # report.md, plots, CSVs
 """
 
-from cifar_tune.analysis.load import Experiment, ExperimentNotFound, load_experiment
-from cifar_tune.analysis.report import analyze_experiment, write_report
-from cifar_tune.analysis.stats import fastest_variants, inference_speedups
-from cifar_tune.analysis.summary import Analysis, analyze
-from cifar_tune.analysis.trials import trial_table
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Analysis", "Experiment", "ExperimentNotFound", "analyze", "analyze_experiment", "fastest_variants",
-           "inference_speedups", "load_experiment", "trial_table", "write_report"]
+# name -> the module that defines it. Imported on first use: a worker that needs one submodule
+# (an export task reads analysis.speed through the orchestrator) does not load matplotlib and scipy.
+_WHERE = {"Experiment": "load", "ExperimentNotFound": "load", "load_experiment": "load",
+          "analyze_experiment": "report", "write_report": "report", "fastest_variants": "stats",
+          "inference_speedups": "stats", "Analysis": "summary", "analyze": "summary", "trial_table": "trials"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"cifar_tune.analysis.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'cifar_tune.analysis' has no attribute {name!r}")

@@ -4,8 +4,8 @@
 afterwards; "auto", "host:port" or "ray://host:port" (or RAY_ADDRESS, as under `ray job submit`)
 join a cluster someone else started and leave it running. A token (Ray 2.59+ token
 authentication) is sent only to the cluster named for this run; Ray Client connections that fail
-at the head's server start are retried a few times. Nothing happens at import. Why, and how to
-run a cluster: docs/cluster.md.
+at the head's server start are retried a few times. `isolated_node` picks the node that timing
+runs on. Nothing happens at import. Why, and how to run a cluster: docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -108,3 +109,13 @@ def check_storage(config: ExperimentConfig, nodes: int) -> None:
             "nodes could not write their checkpoints there. Use shared storage mounted at the same path on "
             "every node (then set CIFAR_TUNE_SHARED_STORAGE=1) or cloud storage such as s3://bucket/path"
         )
+
+
+def isolated_node(nodes: list[dict[str, Any]], gpus: float, key: str) -> dict[str, Any]:
+    """The node measurements run on: the alive one with the most CPUs among those with `gpus` GPUs;
+    ties go to the lowest node id, so the choice is the same every time. `key` names the setting
+    asking for the GPUs in the error."""
+    able = [n for n in nodes if n.get("Alive") and n["Resources"].get("GPU", 0) >= gpus]
+    if not able:
+        raise ConfigError(f"{key}: {gpus:g} GPU per timing task, but no node of the cluster has that many")
+    return sorted(able, key=lambda n: (-n["Resources"].get("CPU", 0), n["NodeID"]))[0]

@@ -32,7 +32,7 @@ from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
 from cifar_tune.faults import ExportFault, current_faults, inject_export_fault
 from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
-from cifar_tune.orchestrator.timing import isolated_node
+from cifar_tune.orchestrator.cluster import isolated_node
 from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
 from cifar_tune.variants import VARIANTS

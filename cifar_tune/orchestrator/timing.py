@@ -26,7 +26,7 @@ from cifar_tune.analysis.speed import SESSION, timing_summary
 from cifar_tune.config import ConfigError, ExperimentConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.names import TIMING_CSV, TIMING_ROUNDS_CSV
-from cifar_tune.orchestrator.cluster import ray_session
+from cifar_tune.orchestrator.cluster import isolated_node, ray_session
 from cifar_tune.orchestrator.preflight import check_timing_fits, preflight
 from cifar_tune.search import SearchPlan, plan_experiment
 from cifar_tune.storage import Location
@@ -38,16 +38,6 @@ class TimingOutcome:
     location: Location  # the experiment folder timing.csv and timing_rounds.csv went to
     rounds: pd.DataFrame  # this session's timed blocks
     summary: pd.DataFrame  # per precision (timing.csv)
-
-
-def isolated_node(nodes: list[dict[str, Any]], gpus: float, key: str) -> dict[str, Any]:
-    """The node measurements run on: the alive one with the most CPUs among those with `gpus` GPUs;
-    ties go to the lowest node id, so the choice is the same every time. `key` names the setting
-    asking for the GPUs in the error."""
-    able = [n for n in nodes if n.get("Alive") and n["Resources"].get("GPU", 0) >= gpus]
-    if not able:
-        raise ConfigError(f"{key}: {gpus:g} GPU per timing task, but no node of the cluster has that many")
-    return sorted(able, key=lambda n: (-n["Resources"].get("CPU", 0), n["NodeID"]))[0]
 
 
 def timing_resources(config: ExperimentConfig, nodes: list[dict[str, Any]]) -> tuple[str, float, float]:
