@@ -42,6 +42,20 @@ TINY_MODEL = {"width": 0.25}
 PAUSE = {"epoch_pause_s": 1.0}
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile cifar_tune and the tests' helpers to bytecode once, before anything runs. The suite
+    starts hundreds of Python processes (Ray workers, CLI runs, benchmark children) that import
+    them; where PYTHONDONTWRITEBYTECODE is set (as on the CI machines) none of them may write the
+    bytecode it compiles, so each compiled every module again (about half a second of CPU per
+    process here). Python still checks each file's bytecode against its source: an edit is never
+    missed."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for folder in (root / "cifar_tune", root / "tests", root / "benchmarks"):
+        compileall.compile_dir(folder, quiet=1)
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """500 training and 100 test images whose class is their (noisy) colour: learnable in a few steps."""
