@@ -34,7 +34,7 @@ from cifar_tune.precision import device_problem  # noqa: E402
 from cifar_tune.storage import Location  # noqa: E402
 
 from cifar_files import write_cifar  # noqa: E402
-from common import machine_line  # noqa: E402
+from common import SMOKE_MODEL, machine_line  # noqa: E402
 
 MB = 1e6
 
@@ -84,8 +84,7 @@ def main() -> None:
                         "train_subset": args.train_images, "test_subset": 100 if args.smoke_test else 1000},
                "train": {"epochs": args.epochs, "precision": precision, "batch_size": 128},
                "search": {"seed": [0, 1]}, "resources": {"cpus_per_trial": 1},
-               # the smoke test's model is narrow (width 0.25: 1 MB checkpoints, not 18): it checks the script, not the cost
-               **({"model": {"width": 0.25}} if args.smoke_test else {}),
+               **({"model": SMOKE_MODEL} if args.smoke_test else {}),
                "export": {"enabled": False}, "wandb": {"mode": "disabled"}}
         trials = 2
         with s3_server() as endpoint:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cifar_tune.config import validate_config  # noqa: E402
 from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
 
-from common import data_or_smoke, machine_line  # noqa: E402
+from common import SMOKE_MODEL, data_or_smoke, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,9 +44,9 @@ def study(path: Path, data: str, smoke_shaped: bool, smoke_test: bool) -> dict:
     if smoke_shaped:
         raw["data"]["train_subset"] = 1500
         raw["export"] = {**raw.get("export", {}), "variants": None, "batch_sizes": [1, 64]}
-    if smoke_test:  # seconds: tiny data, one epoch, a narrow model (width 0.25), the fast variants only
+    if smoke_test:  # seconds: tiny data, one epoch, a narrow model, the fast variants only
         raw["data"].update(train_subset=96, val_size=100, test_subset=100)
-        raw["model"] = {**raw.get("model", {}), "width": 0.25}
+        raw["model"] = {**raw.get("model", {}), **SMOKE_MODEL}
         raw["train"] = {**raw.get("train", {}), "epochs": 1, "batch_size": 32}
         raw["search"] = {**raw.get("search", {}), "precision": ["fp32"], "seed": [0]}
         raw["export"].update(variants=["eager_fp32", "torchscript", "onnx_fp32"], calibration_images=32, min_runs=2,

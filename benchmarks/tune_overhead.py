@@ -32,7 +32,7 @@ from cifar_tune.orchestrator.experiment import run_experiment  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
 from cifar_tune.train import Trainer  # noqa: E402
 
-from common import machine_line  # noqa: E402
+from common import SMOKE_MODEL, machine_line  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from cifar_files import write_cifar  # noqa: E402
@@ -84,10 +84,8 @@ def main() -> None:
                  "test_subset": held_out},
         "train": {"epochs": args.epochs, "precision": precision, "batch_size": 128},
         "resources": {"cpus_per_trial": cpus},
-        # The recorded runs kept the defaults (exports on, in the whole call's time); the smoke test skips
-        # them and trains a narrow model (width 0.25): it checks the script, not the overhead.
-        **({"wandb": {"mode": "disabled"}, "export": {"enabled": False}, "model": {"width": 0.25}}
-           if args.smoke_test else {}),
+        # The recorded runs kept the defaults (exports on, in the whole call's time); the smoke test skips them.
+        **({"wandb": {"mode": "disabled"}, "export": {"enabled": False}, "model": SMOKE_MODEL} if args.smoke_test else {}),
     })
     bare, trial, whole = [], [], []
     with scratch, tempfile.TemporaryDirectory() as storage:

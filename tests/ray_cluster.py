@@ -83,9 +83,9 @@ def start_node(port: int, head: bool, cpus: int, dashboard_port: int | None = No
             stop_node(node_dir)
         retry = not head and not shared and any(text in started.stderr for text in JOIN_TOO_EARLY)
         if not retry or attempt == JOIN_ATTEMPTS:
-            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+            break
         time.sleep(2.0 * attempt)
-    raise AssertionError("unreachable")
+    raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
 
 
 def stop_node(temp_dir: str) -> None:
