@@ -18,9 +18,8 @@ Needs: torch and numpy; pydantic and pyyaml (cifar_tune's config); onnx, onnxscr
 for the ONNX variants. Never torchvision, pandas, Ray or wandb. `--check-env` itself runs wherever
 Python does, and says what is missing for each part instead of a traceback.
 
-What it does, in order, within `--budget-s` (default 420 s; on one H200 an estimated 4-5 minutes:
-seconds for data, the matmul yardstick and 3 epochs of 12,000 images per precision; 30-90 s for
-each compiled variant and AOTInductor; about 40 s of interleaved timing):
+What it does, in order, within `--budget-s` (default 420 s; on one H200, measured 2026-12-04: 108 s
+with AOTInductor failing at export, 204 s with it built, ~60 s of which AOTInductor's compile; RESULTS.md):
 1. matmul TFLOP/s per precision on the device (the yardstick for training throughput);
 2. checks: TF32 off under fp32 and on under tf32 (a matmul against float64), autocast dtypes as
    named, the GradScaler active under amp_fp16 with a fused optimizer (no host sync per step), and

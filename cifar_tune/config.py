@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from cifar_tune.storage import Location
 
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
+# The largest batch the AOTInductor package serves (its dynamic batch dimension's top). On CUDA, aten runs batch norm
+# through cuDNN only for batches up to 65535 and torch.export guards on that, so a wider dynamic range
+# fails there ("Constraints violated (batch)", seen on the first H200 run; tests/test_gpu_paths.py
+# reproduces it with fake CUDA tensors). One bound on every device: one contract per package.
+MAX_EXPORT_BATCH = 65535
 Precision = Literal["fp32", "tf32", "amp_fp16", "amp_bf16"]
 
 
@@ -199,6 +204,8 @@ class ExportConfig(Section):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(b <= 0 for b in value):
             raise ValueError(f"batch sizes must be positive, got {value}")
+        if too_large := [b for b in value if b > MAX_EXPORT_BATCH]:
+            raise ValueError(f"{too_large} over {MAX_EXPORT_BATCH}, the largest batch an exported graph serves")
         return sorted(set(value))
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_tune.config import ModelConfig
+from cifar_tune.config import MAX_EXPORT_BATCH, ModelConfig
 from cifar_tune.errors import short_error
-from cifar_tune.machine import ort_provider_loads, unmet
+from cifar_tune.machine import cpu_has_vnni, ort_provider_loads, unmet
 from cifar_tune.models import AlexNet, build_model
 from cifar_tune.names import (
     AOTI_FILE,
@@ -46,6 +48,8 @@ from cifar_tune.names import (
 )
 from cifar_tune.precision import math_flags
 from cifar_tune.variants import DEVICE_NEEDS, REGISTRY, VariantSpec
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -292,12 +296,16 @@ def save_torchscript(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
+def export_program(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`model` (eval mode) through torch.export on `example`'s device, its batch dimension dynamic
+    from 1 to MAX_EXPORT_BATCH (config.py says why that bound)."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    return torch.export.export(model.eval(), (example,), dynamic_shapes={"x": {0: batch}})
+
+
 def save_aoti(model: torch.nn.Module, path: Path, device: torch.device) -> Path:
-    """torch.export with a dynamic batch dimension, compiled for `device` and packaged by
-    AOTInductor into one file."""
-    example = torch.randn(2, 3, 32, 32, device=device)
-    exported = torch.export.export(copy.deepcopy(model).to(device).eval(), (example,),
-                                   dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}})
+    """The exported program compiled for `device` and packaged by AOTInductor into one file."""
+    exported = export_program(copy.deepcopy(model).to(device), torch.randn(2, 3, 32, 32, device=device))
     return Path(torch._inductor.aoti_compile_and_package(exported, package_path=str(path)))
 
 
@@ -308,9 +316,9 @@ flags = json.loads(sys.argv[4])  # the parent's math flags: a new process starts
 torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
 torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
 torch.set_float32_matmul_precision(flags["matmul_precision"])
+x = torch.load(sys.argv[3], weights_only=True).to(device)  # first: CUDA is initialised before the package loads
 start = time.perf_counter()
 runner = torch._inductor.aoti_load_package(sys.argv[1])
-x = torch.load(sys.argv[3], weights_only=True).to(device)
 with torch.inference_mode():
     logits = runner(x)
 if device.type == "cuda":
@@ -323,6 +331,16 @@ print(json.dumps({"seconds": seconds, "flags": {"matmul_tf32": torch.backends.cu
 """
 
 
+def exit_status(returncode: int) -> str:
+    """'exit 1', or the signal that killed a child ('killed by SIGSEGV')."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit {returncode}"
+
+
 def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
     """Load a model.pt2 in a new Python process, as a deployment would, and run `x` through it with
     this process's TF32 switches (cuDNN's default is TF32 on, the benchmark's fp32 is strict): (seconds to
@@ -331,10 +349,12 @@ def load_in_fresh_process(path: Path, device: torch.device, x: torch.Tensor) -> 
     with tempfile.TemporaryDirectory() as folder:
         io = Path(folder) / "x.pt"
         torch.save(x.cpu(), io)
-        done = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(path), str(device), str(io),
-                               json.dumps(math_flags())], capture_output=True, text=True, timeout=600)
+        # faulthandler: a crash in native code prints the Python stack instead of nothing
+        done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", LOAD_IN_FRESH_PROCESS, str(path), str(device),
+                               str(io), json.dumps(math_flags())], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            raise ExportError(f"{path.name} does not load in a fresh process: {done.stderr.strip()[-500:]}")
+            raise ExportError(f"{path.name} does not load in a fresh process ({exit_status(done.returncode)}): "
+                              f"{done.stderr.strip()[-1500:] or 'nothing on stderr'}")
         report = json.loads(done.stdout.strip().splitlines()[-1])
         return float(report["seconds"]), torch.load(io, weights_only=True), report["flags"]
 
@@ -419,8 +439,11 @@ def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Pa
     # The recommended pre-pass (shape inference, graph clean-up) before quantizing.
     prepared = path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
+    # Without VNNI (AVX2, AVX-512 without VNNI) ONNX Runtime's u8 x s8 kernels add pairs of products in
+    # int16 and saturate: accuracy collapsed here on an AVX2-only CPU (parity failed). 7-bit weights
+    # (reduce_range) keep those sums in range; ONNX Runtime's quantization guide advises it there.
     quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     prepared.unlink()
     onnx.checker.check_model(onnx.load(str(path)))
     return path
@@ -457,7 +480,7 @@ class _Artifacts:
             except ExportError as exc:
                 self.made[name] = exc
             except Exception as exc:
-                self.made[name] = ExportError(f"{name} failed: {short_error(exc)}")
+                self.made[name] = ExportError(f"{name} failed: {type(exc).__name__}: {exc}")  # whole: for the log
             self.seconds += time.perf_counter() - start
         made = self.made[name]
         if isinstance(made, Exception):
@@ -583,7 +606,8 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
         except Exception as exc:  # one broken variant must not stop the others
             if reference:
                 raise
-            failed[spec.name] = short_error(exc)
+            failed[spec.name] = short_error(exc)  # one line for the tables; the whole message for the log
+            log.warning("variant %s was not built: %s", spec.name, exc)
             continue
         if files.seconds:  # it made its file: that is its build time (model.onnx's goes to onnx_fp32)
             variant.build_s = files.seconds

@@ -42,6 +42,17 @@ def cpu_name() -> str:
     return "CPU"
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), read at run time."""
+    if torch.cpu._is_vnni_supported():  # AVX512-VNNI
+        return True
+    try:
+        return any(line.startswith("flags") and " avx_vnni" in line
+                   for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 

@@ -396,3 +396,70 @@ def test_a_shared_aoti_package_is_keyed_by_what_it_was_compiled_for(monkeypatch)
     assert cpu != export_mod.aoti_key(torch.device("cpu"), plain) and "cpu" in cpu and "+" not in cpu
     monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: "avx2")
     assert export_mod.aoti_key(torch.device("cpu"), bn) != cpu or "avx2" in cpu
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_the_aoti_graph_exports_for_cuda_over_its_whole_batch_range(batch_norm: bool, monkeypatch) -> None:
+    """The first H200 run's defect: torch.export of the model on CUDA guards batch <= 65535 (aten's
+    cuDNN batch-norm limit in eval), so the package's old range, up to 65536, failed there and not on
+    a CPU. Fake CUDA tensors run the same export, guards included, without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from cifar_tune.config import MAX_EXPORT_BATCH, ModelConfig
+
+    with FakeTensorMode(), torch.device("cuda"):
+        model = build_model(ModelConfig(batch_norm=batch_norm, width=0.25))
+        example = torch.randn(2, 3, 32, 32)
+    assert example.device.type == "cuda" and next(model.parameters()).device.type == "cuda"
+    program = export_mod.export_program(model, example)
+    (batch_range,) = program.range_constraints.values()
+    assert (batch_range.lower, batch_range.upper) == (1, MAX_EXPORT_BATCH)
+    if batch_norm:  # the guard is real: one more and the export fails as it did on the GPU
+        monkeypatch.setattr(export_mod, "MAX_EXPORT_BATCH", MAX_EXPORT_BATCH + 1)
+        with pytest.raises(Exception, match=r"Constraints violated \(batch\)"):
+            export_mod.export_program(model, example)
+
+
+def test_batch_sizes_over_what_an_exported_graph_serves_are_refused_by_name() -> None:
+    from cifar_tune.config import MAX_EXPORT_BATCH
+
+    with pytest.raises(Exception, match=r"batch_sizes[\s\S]*over 65535"):
+        ExportConfig(batch_sizes=[1, MAX_EXPORT_BATCH + 1])
+    assert ExportConfig(batch_sizes=[MAX_EXPORT_BATCH]).batch_sizes == [MAX_EXPORT_BATCH]
+
+
+def test_a_child_that_crashes_loading_a_package_is_reported_with_its_signal_and_stack(monkeypatch, tmp_path) -> None:
+    """On the H200 a CUDA model.pt2 killed its loading process (SIGSEGV) and the report said nothing:
+    now the signal and the Python stack (faulthandler) are in the reason, and only that variant fails."""
+    crash = "import os, signal\ndef load():\n    os.kill(os.getpid(), signal.SIGSEGV)\nload()\n"
+    monkeypatch.setattr(export_mod, "LOAD_IN_FRESH_PROCESS", crash)
+    with pytest.raises(export_mod.ExportError) as raised:
+        export_mod.load_in_fresh_process(tmp_path / "model.pt2", torch.device("cpu"), torch.zeros(1, 3, 32, 32))
+    message = str(raised.value)
+    assert "model.pt2 does not load in a fresh process (killed by SIGSEGV)" in message
+    assert "Segmentation fault" in message and "in load" in message  # faulthandler's stack names the frame
+    assert export_mod.exit_status(3) == "exit 3" and export_mod.exit_status(-9) == "killed by SIGKILL"
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_weights_are_7_bit_on_cpus_without_vnni(vnni: bool, monkeypatch, tmp_path: Path) -> None:
+    """Without VNNI, ONNX Runtime's u8 x s8 kernels saturate int16 pair sums (onnx_int8 failed parity
+    on an AVX2-only CPU); reduce_range is decided from this CPU's features at build time."""
+    import onnxruntime.quantization as quantization
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def quantize_static(*args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(export_mod, "cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr(quantization, "quantize_static", quantize_static)
+    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda source, target: None)
+    with pytest.raises(Stop):
+        export_mod.save_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", torch.zeros(4, 3, 32, 32))
+    assert seen["reduce_range"] is (not vnni) and seen["per_channel"] is True
