@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +405,55 @@ def train_interleaved(data: Any, device: torch.device, precisions: list[str], ep
     return trainers, speeds, accuracy
 
 
+# --------------------------------------------------------------------------- AOTInductor, when its package will not load
+
+# Each step in a child of its own (a crash in native code takes only the child; faulthandler prints its
+# Python stack), so one run tells a broken package from a broken loader. argv: package, device.
+AOTI_STEPS = {
+    "read the package's metadata": "import sys, torch\n"
+        "meta = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(sys.argv[1], 'model')\n"
+        "print(sorted(meta.items()))\n",
+    "load it (device_index -1, the default)": "import sys, torch\n"
+        "torch._inductor.aoti_load_package(sys.argv[1])\nprint('loaded')\n",
+    "initialise the device, then load it on its index": "import sys, torch\n"
+        "device = torch.device(sys.argv[2])\ntorch.zeros(1, device=device)\n"
+        "index = (device.index or 0) if device.type == 'cuda' else -1\n"
+        "torch._inductor.aoti_load_package(sys.argv[1], device_index=index)\nprint('loaded')\n",
+    "load it with a single-threaded runner": "import sys, torch\n"
+        "torch._inductor.aoti_load_package(sys.argv[1], run_single_threaded=True)\nprint('loaded')\n",
+}
+
+
+def diagnose_aoti(package: Path, device: torch.device, timeout_s: float = 90.0) -> list[dict[str, str]]:
+    """One row per step: what it is, `ok` or how it ended (exit status, signal, timeout), and the tail of
+    its output; then the package's files and what its shared library links against (ldd)."""
+    from cifar_tune.export import exit_status
+
+    rows = []
+    for step, script in AOTI_STEPS.items():
+        try:
+            done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script, str(package), str(device)],
+                                  capture_output=True, text=True, timeout=timeout_s)
+            status = "ok" if done.returncode == 0 else exit_status(done.returncode)
+            output = (done.stdout + done.stderr).strip()
+        except subprocess.TimeoutExpired:
+            status, output = f"no answer in {timeout_s:.0f} s (hung)", ""
+        rows.append({"step": step, "status": status, "output": output[-1200:]})
+    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(package) as archive:
+        names = archive.namelist()
+        rows.append({"step": "the package's files", "status": f"{len(names)} files",
+                     "output": "\n".join(f"{i.filename} {i.file_size}" for i in archive.infolist())[-1200:]})
+        for name in (n for n in names if n.endswith(".so")):
+            library = archive.extract(name, folder)
+            try:
+                linked = subprocess.run(["ldd", library], capture_output=True, text=True, timeout=30)
+                output = (linked.stdout + linked.stderr).strip()
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                output = f"ldd could not run: {exc}"
+            rows.append({"step": f"ldd {name}", "status": "listed", "output": output[-2000:]})
+    return rows
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -434,6 +484,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['variant']} | {row.get('runtime', '')} | {row.get('device', '')} | {row['status']} | "
                      f"{row.get('accuracy_change_pp', float('nan')):+.2f} | {row.get('agreement', float('nan')):.4f} | "
                      + " | ".join(p50) + " |")
+    if result.get("aoti_diagnosis"):
+        lines += ["", "## AOTInductor: why its package does not load (each step in a fresh process)", ""]
+        for row in result["aoti_diagnosis"]:
+            lines += [f"- {row['step']}: **{row['status']}**", "", "```", row["output"] or "(no output)", "```", ""]
     lines += ["", f"ONNX Runtime: {result['onnx_note']}", "", "## Not run", ""]
     lines += [f"- {item['what']}: {item['why']}" for item in result["not_run"]] or ["- nothing"]
     lines += ["", f"ONNX Runtime providers that load here: {', '.join(result['ort_providers'])}.", ""]
@@ -528,6 +582,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    if b["variant"] == row["variant"] and "p50_ms" in b}
         deployment.append({**row, "p50_ms": timings})
     not_run += [{"what": f"variant {name}", "why": why} for name, why in bench["failed"].items()]
+    package = Path(args.out) / "export" / "model.pt2"
+    aoti_failed = {row["variant"]: row for row in bench["parity"]}.get("aoti", {}).get("status") == "export_failed"
+    diagnosis = diagnose_aoti(package, device) if aoti_failed and package.is_file() else []
     not_run += [{"what": f"variant {row['variant']}", "why": row["reason"]} for row in bench["parity"]
                 if row["status"] == "skipped"]
 
@@ -536,6 +593,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        f"{torch.get_num_threads()} CPU threads",
             "data": source, "epochs": args.epochs, "batch_size": args.batch_size, "batch_sizes": batch_sizes,
             "training": training, "cuda_graph": graph_speeds, "checks": checks, "deployment": deployment, "not_run": not_run,
+            "aoti_diagnosis": diagnosis,
             "onnx_note": onnx_note, "ort_providers": ort_providers_that_load(device.index or 0),
             "budget_s": args.budget_s, "wall_s": time.monotonic() - started}
 

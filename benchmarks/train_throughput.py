@@ -10,8 +10,11 @@ within minutes; medians and ratios are what to read. A 2048x2048 matmul measured
 gives the achieved GFLOP/s a yardstick (training ~ 3x the forward FLOPs).
 
     python benchmarks/train_throughput.py --data ../shared/data --rounds 3 --steps 20 [--compile]
+    python benchmarks/train_throughput.py --smoke-test      # seconds on any CPU: generated data, narrow model
 
 --compile adds each precision trained through torch.compile (train.compile), compile time printed apart.
+amp_bf16 is timed even where this CPU emulates bf16 (the run says so): on an AVX2-only CPU that is ~20x
+slower, which is why --smoke-test trains SMOKE_MODEL's narrow AlexNet against a 256x256 matmul.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +40,7 @@ from cifar_tune.models import AlexNet, forward_flops_per_image  # noqa: E402
 from cifar_tune.precision import device_problem  # noqa: E402
 from cifar_tune.train import Trainer  # noqa: E402
 
-from common import machine_line, matmul_gflops  # noqa: E402
+from common import SMOKE_MODEL, data_or_smoke, machine_line, matmul_gflops  # noqa: E402
 
 
 class Reference:
@@ -44,14 +48,14 @@ class Reference:
 
     name = "reference: DataLoader + PIL, fp32 NCHW"
 
-    def __init__(self, root: Path, batch_size: int, workers: int) -> None:
+    def __init__(self, root: Path, batch_size: int, workers: int, model: ModelConfig) -> None:
         augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                       transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
         dataset = torchvision_cifar10(root, train=True, transform=augment)
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                  drop_last=True, persistent_workers=workers > 0)
         self.batches = iter(self.loader)
-        self.model = AlexNet()
+        self.model = AlexNet(dropout=model.dropout, batch_norm=model.batch_norm, width=model.width)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
                                          weight_decay=5e-4)
         self.batch_size = batch_size
@@ -76,7 +80,7 @@ class Ours:
     """cifar_tune's Trainer, timed on its own training pass (train_images_per_s)."""
 
     def __init__(self, data: CifarData, precision: str, channels_last: bool, batch_size: int, steps: int,
-                 compile: bool = False) -> None:
+                 model: ModelConfig, compile: bool = False) -> None:
         self.name = (f"cifar-tune: {precision}, {'channels_last' if channels_last else 'NCHW'}, tensor aug"
                      + (", torch.compile" if compile else ""))
         n = steps * batch_size
@@ -86,7 +90,7 @@ class Ours:
         # (main() prints the verdict); the Trainer would otherwise refuse it.
         cfg = TrainConfig(precision=precision, channels_last=channels_last, batch_size=batch_size,
                           epochs=1000, eval_batch_size=batch_size, compile=compile, allow_slow_precision=True)
-        self.trainer = Trainer(cfg, ModelConfig(), small)  # with compile: compiled here, timed as compile_time_s
+        self.trainer = Trainer(cfg, model, small)  # with compile: compiled here, timed as compile_time_s
 
     def images_per_s(self, steps: int) -> float:
         return self.trainer.train_epoch()["train_images_per_s"]
@@ -103,7 +107,9 @@ def training_data(folder: str) -> CifarData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--data", help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--smoke-test", action="store_true", help="seconds on any CPU: generated data, a narrow "
+                        "model, a 256x256 matmul, 1 round of 2 steps at batch 16 on one thread")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="training steps per variant per round")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -112,20 +118,26 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also each precision trained through torch.compile (train.compile), side by side")
     args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    folder = data_or_smoke(parser, args, scratch)
+    if args.smoke_test:
+        args.rounds, args.steps, args.batch_size, args.workers, args.threads = 1, 2, 16, 0, 1
+    model = ModelConfig(**SMOKE_MODEL) if args.smoke_test else ModelConfig()
+    matmul_n = 256 if args.smoke_test else 2048
     torch.set_num_threads(args.threads)
 
-    data = training_data(args.data)
-    root = batches_dir(args.data).parent
+    data = training_data(folder)
+    root = batches_dir(folder).parent
     problem = device_problem("amp_bf16", "cpu")
     if problem:  # timed anyway: whether it really is slow here is what this run finds out
         print(f"note: cifar-tune would leave amp_bf16 out on this CPU: {problem}", flush=True)
-    variants = [Reference(root, args.batch_size, args.workers),
-                Ours(data, "fp32", False, args.batch_size, args.steps),
-                Ours(data, "fp32", True, args.batch_size, args.steps),
-                Ours(data, "amp_bf16", True, args.batch_size, args.steps)]
+    variants = [Reference(root, args.batch_size, args.workers, model),
+                Ours(data, "fp32", False, args.batch_size, args.steps, model),
+                Ours(data, "fp32", True, args.batch_size, args.steps, model),
+                Ours(data, "amp_bf16", True, args.batch_size, args.steps, model)]
     if args.compile:
-        variants += [Ours(data, "fp32", True, args.batch_size, args.steps, compile=True),
-                     Ours(data, "amp_bf16", True, args.batch_size, args.steps, compile=True)]
+        variants += [Ours(data, "fp32", True, args.batch_size, args.steps, model, compile=True),
+                     Ours(data, "amp_bf16", True, args.batch_size, args.steps, model, compile=True)]
         for v in variants[-2:]:
             print(f"{v.name}: compiled in {v.trainer.compile_time_s:.1f} s (not in any img/s below)", flush=True)
     for v in variants:  # warm-up: first batches, allocator, oneDNN kernel choice
@@ -134,14 +146,14 @@ def main() -> None:
     speeds: dict[str, list[float]] = {v.name: [] for v in variants}
     matmul: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(args.rounds):
-        matmul["fp32"].append(matmul_gflops(torch.float32))
-        matmul["bf16"].append(matmul_gflops(torch.bfloat16))
+        matmul["fp32"].append(matmul_gflops(torch.float32, n=matmul_n))
+        matmul["bf16"].append(matmul_gflops(torch.bfloat16, n=matmul_n))
         for v in variants:
             speeds[v.name].append(v.images_per_s(args.steps))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{s[-1]:.0f}" for s in speeds.values()), flush=True)
 
     ref = statistics.median(speeds[variants[0].name])
-    flops_per_image = forward_flops_per_image()  # training ~ 3x forward (forward, two backward GEMMs)
+    flops_per_image = forward_flops_per_image(variants[0].model)  # training ~ 3x forward (forward, two backward GEMMs)
     print(f"\n{machine_line()}")
     print(f"batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, interleaved; "
           f"reference DataLoader workers: {args.workers}\n")
@@ -151,7 +163,7 @@ def main() -> None:
         med = statistics.median(values)
         gflops = med * 3 * flops_per_image / 1e9
         print(f"| {name} | {med:.0f} ({min(values):.0f}-{max(values):.0f}) | {med / ref:.2f}x | {gflops:.0f} |")
-    print(f"\n2048x2048 matmul in the same rounds: fp32 {statistics.median(matmul['fp32']):.0f} GFLOP/s, "
+    print(f"\n{matmul_n}x{matmul_n} matmul in the same rounds: fp32 {statistics.median(matmul['fp32']):.0f} GFLOP/s, "
           f"bf16 {statistics.median(matmul['bf16']):.0f} GFLOP/s (medians)")
     best = statistics.median(speeds[variants[3].name]) / ref
     print(f"target: amp_bf16 + channels_last >= 2.0x the reference: {best:.2f}x, "

@@ -161,3 +161,26 @@ def test_the_cuda_graph_check_compares_replays_with_eager_steps(monkeypatch) -> 
     checks, speeds = gpu_check.check_cuda_graph(data, torch.device("cpu"), ["fp32"], batch_size=32, steps=2)
     assert [c["ok"] for c in checks] == [True] and "bit-equal weights True" in checks[0]["detail"]
     assert speeds[0]["precision"] == "fp32" and speeds[0]["eager_images_per_s"] > 0
+
+
+def test_an_aoti_package_that_will_not_load_is_diagnosed_step_by_step(monkeypatch, tmp_path: Path) -> None:
+    """On the H200 a CUDA model.pt2 killed the process loading it; the check then runs each loading step
+    in a child of its own and says how each ended (a crash, an error, a hang), and what the package
+    holds and links against, so the next GPU run tells a broken package from a broken loader."""
+    steps = {"crashes": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+             "fails": "import sys\nsys.exit('no such runner: ' + sys.argv[2])\n",
+             "hangs": "import time\ntime.sleep(30)\n",
+             "works": "import sys\nprint('loaded', sys.argv[1].endswith('model.pt2'))\n"}
+    gpu_check = _module()
+    monkeypatch.setattr(gpu_check, "AOTI_STEPS", steps)
+    package = tmp_path / "model.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("model/data/aotinductor/model/wrapper.so", b"not an ELF file")
+        archive.writestr("model/archive_format", "pt2")
+    rows = {row["step"]: row for row in gpu_check.diagnose_aoti(package, torch.device("cpu"), timeout_s=5)}
+    assert rows["crashes"]["status"] == "killed by SIGSEGV" and "Segmentation fault" in rows["crashes"]["output"]
+    assert rows["fails"]["status"] == "exit 1" and "no such runner: cpu" in rows["fails"]["output"]
+    assert rows["hangs"]["status"].startswith("no answer in 5 s")
+    assert rows["works"] == {"step": "works", "status": "ok", "output": "loaded True"}
+    assert rows["the package's files"]["status"] == "2 files" and "wrapper.so 15" in rows["the package's files"]["output"]
+    assert "not a dynamic executable" in rows["ldd model/data/aotinductor/model/wrapper.so"]["output"]
