@@ -582,9 +582,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    if b["variant"] == row["variant"] and "p50_ms" in b}
         deployment.append({**row, "p50_ms": timings})
     not_run += [{"what": f"variant {name}", "why": why} for name, why in bench["failed"].items()]
-    package = Path(args.out) / "export" / "model.pt2"
-    aoti_failed = {row["variant"]: row for row in bench["parity"]}.get("aoti", {}).get("status") == "export_failed"
-    diagnosis = diagnose_aoti(package, device) if aoti_failed and package.is_file() else []
+    package = Path(args.out) / "export" / "model.pt2"  # built by this run: only a failed load leaves it behind
+    load_failed = "does not load in a fresh process" in bench["failed"].get("aoti", "")
+    diagnosis = diagnose_aoti(package, device) if load_failed and package.is_file() else []
     not_run += [{"what": f"variant {row['variant']}", "why": row["reason"]} for row in bench["parity"]
                 if row["status"] == "skipped"]
 

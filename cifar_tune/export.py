@@ -34,7 +34,7 @@ import torch
 
 from cifar_tune.config import MAX_EXPORT_BATCH, ModelConfig
 from cifar_tune.errors import short_error
-from cifar_tune.machine import cpu_has_vnni, ort_provider_loads, unmet
+from cifar_tune.machine import int8_sums_saturate, ort_provider_loads, unmet
 from cifar_tune.models import AlexNet, build_model
 from cifar_tune.names import (
     AOTI_FILE,
@@ -316,7 +316,7 @@ flags = json.loads(sys.argv[4])  # the parent's math flags: a new process starts
 torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
 torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
 torch.set_float32_matmul_precision(flags["matmul_precision"])
-x = torch.load(sys.argv[3], weights_only=True).to(device)  # first: CUDA is initialised before the package loads
+x = torch.load(sys.argv[3], weights_only=True).to(device)  # first: `seconds` is the load and one call alone
 start = time.perf_counter()
 runner = torch._inductor.aoti_load_package(sys.argv[1])
 with torch.inference_mode():
@@ -443,7 +443,7 @@ def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Pa
     # int16 and saturate: accuracy collapsed here on an AVX2-only CPU (parity failed). 7-bit weights
     # (reduce_range) keep those sums in range; ONNX Runtime's quantization guide advises it there.
     quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=int8_sums_saturate(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     prepared.unlink()
     onnx.checker.check_model(onnx.load(str(path)))
     return path

@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import math
 import os
+import platform
 import shutil
 import sysconfig
 from pathlib import Path
@@ -42,15 +43,18 @@ def cpu_name() -> str:
     return "CPU"
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), read at run time."""
+def int8_sums_saturate() -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels saturate on this CPU: x86 without int8 dot-product
+    instructions (AVX512-VNNI or AVX-VNNI) adds pairs of products in int16. Read at run time."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # other architectures' kernels widen first
     if torch.cpu._is_vnni_supported():  # AVX512-VNNI
-        return True
-    try:
-        return any(line.startswith("flags") and " avx_vnni" in line
-                   for line in Path("/proc/cpuinfo").read_text().splitlines())
-    except OSError:
         return False
+    try:
+        return not any(line.startswith("flags") and " avx_vnni" in line
+                       for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return True
 
 
 def device_name(device: torch.device) -> str:
