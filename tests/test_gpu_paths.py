@@ -463,3 +463,26 @@ def test_int8_weights_are_7_bit_on_cpus_without_vnni(vnni: bool, monkeypatch, tm
     with pytest.raises(Stop):
         export_mod.save_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", torch.zeros(4, 3, 32, 32))
     assert seen["reduce_range"] is (not vnni) and seen["per_channel"] is True
+
+
+def test_int8_sums_saturate_only_on_x86_without_vnni(monkeypatch) -> None:
+    """Decided at run time, from the architecture and the CPU's int8 dot-product instructions."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert machine.int8_sums_saturate() is False  # not x86: no 7-bit weights whatever the flags
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+    assert machine.int8_sums_saturate() is False  # AVX512-VNNI
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    for flags, expected in (("fpu avx avx2 fma", True), ("fpu avx avx2 avx_vnni", False)):
+
+        class CpuInfo:  # /proc/cpuinfo of a CPU with these flags
+            def __init__(self, path: str) -> None:
+                pass
+
+            def read_text(self, text: str = f"flags\t\t: {flags}\n") -> str:
+                return text
+
+        monkeypatch.setattr(machine, "Path", CpuInfo)
+        assert machine.int8_sums_saturate() is expected, flags
