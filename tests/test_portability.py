@@ -82,3 +82,13 @@ def test_core_runs_without_ray_wandb_scipy_or_matplotlib(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("CORE"))
     assert line.startswith("CORE 1 [") and "'onnx_int8'" in line and line.endswith("[]")
+
+
+def test_the_cli_starts_a_run_without_loading_the_analysis_libraries() -> None:
+    """scipy and matplotlib cost a second of every `cifar-tune run`'s start-up (and of each CLI the
+    suite starts); they load when an analysis, a dashboard or a deployment summary needs them."""
+    script = ("import sys; import cifar_tune.orchestrator.cli, cifar_tune.orchestrator.experiment; "
+              "print(sorted(m for m in ('scipy', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -2,7 +2,8 @@
 
 All intervals are 95%. Means get Student-t intervals; differences get Welch's t-test (unequal
 variances) and its interval; speedups are ratios of geometric means, with the interval from
-Welch's t on log times, exponentiated. Everything comes from scipy.stats.
+Welch's t on log times, exponentiated. Everything comes from scipy.stats, imported where a test runs
+(a second of start-up that `cifar-tune run` skips unless it prints deployment speedups).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cifar_tune.names import REFERENCE_VARIANT
 
@@ -37,6 +37,8 @@ def mean_ci(values: Any, log: bool = False, bounds: tuple[float, float] | None =
     out = {"n": n, "mean": float(np.mean(x)) if n else np.nan, "std": float(np.std(x, ddof=1)) if n > 1 else np.nan,
            "ci_low": np.nan, "ci_high": np.nan}
     if n > 1:
+        from scipy import stats
+
         sem = stats.sem(x)
         low, high = stats.t.interval(CONFIDENCE, n - 1, loc=out["mean"], scale=sem) if sem > 0 else (out["mean"],) * 2
         out["ci_low"], out["ci_high"] = float(low), float(high)
@@ -93,6 +95,8 @@ def welch(a: Any, b: Any) -> dict[str, float]:
     if len(a) > 1 and len(b) > 1 and np.ptp(a) < NO_SPREAD and np.ptp(b) < NO_SPREAD:
         out["ci_low"], out["ci_high"], out["p_value"] = no_spread_limit(out["diff"])
     elif len(a) > 1 and len(b) > 1:
+        from scipy import stats
+
         test = stats.ttest_ind(a, b, equal_var=False)
         ci = test.confidence_interval(CONFIDENCE)
         out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(test.pvalue))

@@ -12,8 +12,6 @@ import argparse
 import math
 import sys
 
-from cifar_tune.analysis.dashboard import load_specs, make_dashboard, save
-from cifar_tune.analysis.report import analyze_experiment
 from cifar_tune.config import DataConfig, ExportConfig, apply_overrides, describe_schema, load_config, validate_section
 from cifar_tune.errors import CifarTuneError
 from cifar_tune.names import CONFIG_FILE, ERROR, RESULTS_FILE, UNFINISHED
@@ -130,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from cifar_tune.analysis.dashboard import make_dashboard
+    from cifar_tune.analysis.report import analyze_experiment
+
     analysis, written = analyze_experiment(args.experiment_dir, args.out, args.wandb_mode, args.margin)
     for line in analysis.conclusions:
         print(line)
@@ -148,6 +149,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    from cifar_tune.analysis.dashboard import load_specs, make_dashboard, save
+
     if args.save:
         workspace_url, report_url = save(*load_specs(Location.of(args.save), args.entity, args.project))
         print(f"W&B workspace: {workspace_url}\nW&B report: {report_url}")
@@ -211,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "dashboard":
             return _dashboard(args)
+        # Imported by the command that needs it: analysis (scipy, matplotlib) costs a second of start-up
+        # that `run` does not need.
         from cifar_tune.orchestrator.experiment import resume_experiment, run_experiment
-        from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
         from cifar_tune.orchestrator.preflight import describe_plan
 
+        if args.command == "extend":
+            from cifar_tune.orchestrator.extend import extend_experiment, extend_until_margin
         if args.command == "extend" and args.until_margin:
             for line in extend_until_margin(args.experiment_dir, args.seeds, args.max_seeds, args.address,
                                             args.margin):
