@@ -74,6 +74,7 @@ def parity(variant: Variant, images: torch.Tensor, labels: torch.Tensor, referen
         "accuracy_change_pp": change_pp, "agreement": agreement,
         "max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(),
         "tolerance": tolerance, "status": "ok" if ok else "parity_failed",
+        "int8_weight_bits": variant.int8_weight_bits,
     }
 
 
@@ -225,7 +226,7 @@ def time_variants(variants: list[Variant], settings: ExportConfig, threads: int,
             rows.append({"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
                          "device": str(variant.device), "device_name": device_name(variant.device), **env,
                          **measured, "speedup": ratio[0], "speedup_ci_low": ratio[1], "speedup_ci_high": ratio[2],
-                         "latency_method": method})
+                         "latency_method": method, "int8_weight_bits": variant.int8_weight_bits})
     return {"bench": rows, "end_to_end": end_to_end(variants, data_root) if settings.end_to_end else []}
 
 

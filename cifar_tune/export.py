@@ -81,6 +81,7 @@ class Variant(ABC):
     load_s: float = math.nan  # seconds from its file (or the in-memory model) to ready to run
     file: Path | None = None  # the deployment artifact it runs, if it is a file
     build_s: float = math.nan  # seconds to make it: export, quantize or compile (NaN: nothing to build)
+    int8_weight_bits: int | None = None  # onnx_int8: 7 or 8, read from its file (the CPU it was built on decided)
 
     def prepare(self, x: torch.Tensor) -> Any:
         return x.to(self.device)
@@ -449,6 +450,20 @@ def save_onnx_int8(fp32_path: Path, path: Path, calibration: torch.Tensor) -> Pa
     return path
 
 
+def int8_weight_bits(path: Path) -> int:
+    """7 or 8: the range an INT8 model's weights were quantized to, read from the file, so an export
+    made on a CPU of the other kind (an experiment resumed elsewhere, a reused artifact) says which it
+    is. Symmetric per-channel weights reach the edge of their range: |q| <= 64 with reduce_range."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]  # conv and linear weights
+    if not weights:
+        raise ValueError(f"{path}: no INT8 weight tensors")
+    return 7 if max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64 else 8
+
+
 # --------------------------------------------------------------------------- building variants
 
 
@@ -536,6 +551,12 @@ def _aoti(b: _Build) -> AotiVariant:
     return variant
 
 
+def _onnx_int8(b: _Build) -> OrtVariant:
+    variant = _ort(b, torch.device("cpu"))  # cpu_only in the registry: ONNX Runtime's CPU kernels
+    variant.int8_weight_bits = int8_weight_bits(variant.file)
+    return variant
+
+
 def _tensorrt_variant(b: _Build) -> OrtVariant:
     variant = _ort(b, tensorrt=True, tensorrt_fp16=True)
     if variant.runtime != "TensorrtExecutionProvider":  # the provider declined the graph
@@ -557,7 +578,7 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
     "aoti": _aoti,
     "onnx_fp32": lambda b: _ort(b, tensorrt=b.tensorrt),
     "onnx_fp16": lambda b: _ort(b, tensorrt=b.tensorrt),
-    "onnx_int8": lambda b: _ort(b, torch.device("cpu")),  # cpu_only in the registry: ONNX Runtime's CPU kernels
+    "onnx_int8": _onnx_int8,
     "tensorrt": _tensorrt_variant,
 }
 

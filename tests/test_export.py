@@ -95,6 +95,9 @@ def test_every_cpu_variant_exports_and_meets_parity(exported) -> None:
         assert PARITY_FIELDS <= set(row)
         if row["variant_precision"] == "fp32":
             assert row["agreement"] >= 0.999 and row["max_abs_diff"] < 1e-3, row
+        # 7-bit weights where this CPU's int8 sums saturate, else 8: what this CPU built, as recorded
+        assert row["int8_weight_bits"] == ((7 if machine.int8_sums_saturate() else 8) if row["variant"] == "onnx_int8"
+                                           else None), row
     for name in ("model.pt", "model.onnx", "model.int8.onnx"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.data"))  # ONNX in one self-contained file

@@ -17,7 +17,7 @@ from cifar_tune import data as data_mod
 from cifar_tune import export as export_mod
 from cifar_tune import machine
 from cifar_tune import train as train_mod
-from cifar_tune.config import ExportConfig, validate_config
+from cifar_tune.config import ExportConfig, ModelConfig, validate_config
 from cifar_tune.data import load_data, normalize
 from cifar_tune.export import BUILDERS, CompiledVariant, EagerVariant, OrtVariant, load_best_model, save_onnx, save_onnx_fp16
 from cifar_tune.machine import device_name, unmet
@@ -463,6 +463,34 @@ def test_int8_weights_are_7_bit_on_cpus_without_vnni(vnni: bool, monkeypatch, tm
     with pytest.raises(Stop):
         export_mod.save_onnx_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", torch.zeros(4, 3, 32, 32))
     assert seen["reduce_range"] is (not vnni) and seen["per_channel"] is True
+
+
+def test_the_int8_weight_range_is_read_from_the_file_and_recorded(monkeypatch, tmp_path: Path) -> None:
+    """7- and 8-bit INT8 models (each CPU kind builds one) differ in accuracy and speed; parity.json
+    and bench.csv say which a row measured, read from the file, so a resumed experiment whose
+    exports were made on both kinds of CPU keeps them apart."""
+    model = build_model(ModelConfig(width=0.25)).eval()
+    fp32 = save_onnx(model, tmp_path / "model.onnx")
+    calibration = torch.randn(64, 3, 32, 32)
+    bits = {}
+    for saturate in (True, False):
+        monkeypatch.setattr(export_mod, "int8_sums_saturate", lambda saturate=saturate: saturate)
+        path = export_mod.save_onnx_int8(fp32, tmp_path / f"int8-{saturate}.onnx", calibration)
+        bits[saturate] = export_mod.int8_weight_bits(path)
+    assert bits == {True: 7, False: 8}
+    with pytest.raises(ValueError, match="no INT8 weight tensors"):
+        export_mod.int8_weight_bits(fp32)
+
+    variant = OrtVariant("onnx_int8", "int8", path, torch.device("cpu"), threads=1)
+    variant.int8_weight_bits = bits[False]
+    images, labels = torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)
+    with torch.no_grad():
+        reference = model(images)
+    row = bench_mod.parity(variant, images, labels, reference, ExportConfig())
+    assert row["int8_weight_bits"] == 8
+    eager = bench_mod.parity(EagerVariant("eager_fp32", model, torch.device("cpu")), images, labels, reference,
+                             ExportConfig())
+    assert eager["int8_weight_bits"] is None
 
 
 def test_int8_sums_saturate_only_on_x86_without_vnni(monkeypatch) -> None:
