@@ -162,3 +162,15 @@ def test_per_image_pairs_seeds_and_pools_them() -> None:
     assert (pooled["baseline_only_right"], pooled["other_only_right"]) == (30, 30) and pooled["mcnemar_p"] == 1.0
     row = compare_to_baseline(pd.DataFrame(trials), ["precision"], predictions=predictions).iloc[0]
     assert row["mcnemar_p"] == 1.0 and row["baseline_only_right"] == 30
+
+
+def test_onnx_int8_rows_of_both_weight_ranges_are_named() -> None:
+    from cifar_tune.analysis.summary import int8_mix
+
+    rows = [{"variant": "onnx_int8", "int8_weight_bits": 7}, {"variant": "onnx_int8", "int8_weight_bits": 8},
+            {"variant": "onnx_int8", "int8_weight_bits": 8}, {"variant": "eager_fp32", "int8_weight_bits": None}]
+    note = int8_mix(pd.DataFrame(rows))
+    assert note and "7-bit: 1 row(s), 8-bit: 2 row(s)" in note
+    assert int8_mix(pd.DataFrame(rows[1:])) is None  # one range
+    assert int8_mix(pd.DataFrame([{"variant": "onnx_int8", "p50_ms": 1.0}])) is None  # written before the column
+    assert int8_mix(pd.DataFrame()) is None

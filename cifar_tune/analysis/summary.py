@@ -89,6 +89,8 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
         missing.append("no export results (bench.csv): " + (exports_note or "export.enabled was off"))
     elif unfinished:
         missing.append(f"{len(unfinished)} trial(s) without export results: {exports_note}")
+    if note := int8_mix(experiment.bench):
+        missing.append(note)
     if "latency_method" in experiment.bench:
         untimed = [str(m) for m in experiment.bench["latency_method"].dropna().unique() if str(m).startswith("not measured")]
         if untimed and experiment.bench["p50_ms"].isna().all():
@@ -96,3 +98,17 @@ def analyze(experiment: Experiment, baseline: str = "fp32", margin_pp: float | N
     return Analysis(experiment, agg, comparison, original_study_table(trials) if not done.empty else pd.DataFrame(),
                     inference_speedups(experiment.bench), conclusions, missing, margin, images, experiment.timing,
                     packing_label(packed))
+
+
+def int8_mix(bench: pd.DataFrame) -> str | None:
+    """What to say when onnx_int8's rows were built with both weight ranges (7-bit where the building
+    CPU lacks VNNI, 8-bit elsewhere: an experiment resumed or extended on the other kind of CPU):
+    their accuracy and latency are then two models', not one."""
+    if bench.empty or "int8_weight_bits" not in bench:
+        return None
+    bits = bench.loc[bench["variant"] == "onnx_int8", "int8_weight_bits"].dropna().astype(int)
+    if bits.nunique() < 2:
+        return None
+    counts = ", ".join(f"{b}-bit: {n} row(s)" for b, n in sorted(bits.value_counts().items()))
+    return (f"one onnx_int8 model's figures: its rows mix 7- and 8-bit weights ({counts}; int8_weight_bits in "
+            "bench.csv), exports built on CPUs with and without VNNI, so its row in the tables averages two models")
