@@ -78,8 +78,8 @@ REGISTRY: tuple[VariantSpec, ...] = (
     VariantSpec("onnx_fp16", "fp16", "ONNX Runtime", ONNX_FP16_FILE, (CUDA_DEVICE, ORT_CUDA),
                 "fp16 weights and math, fp32 inputs and outputs, on ONNX Runtime's CUDA provider"),
     VariantSpec("onnx_int8", "int8", "ONNX Runtime", ONNX_INT8_FILE, (),
-                "static QDQ quantization (per-channel weights, 7-bit where the CPU lacks VNNI) calibrated on training "
-                "images; CPU provider",
+                "static QDQ quantization (per-channel weights, 7-bit where the CPU lacks VNNI: `int8_weight_bits` in "
+                "parity.json and bench.csv, read from the file) calibrated on training images; CPU provider",
                 cpu_only=True, build_estimate_s=30),
     VariantSpec("tensorrt", "fp16", "ONNX Runtime", ONNX_FILE, (CUDA_DEVICE, ORT_TENSORRT),
                 "`model.onnx` through ONNX Runtime's TensorRT provider, fp16 allowed; the engine is built at "
