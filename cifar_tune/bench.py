@@ -143,7 +143,8 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
                          "device": str(v.device), "device_name": device_name(v.device), "load_s": v.load_s,
                          "build_s": v.build_s, "file_mb": v.file.stat().st_size / 1e6 if v.file is not None else math.nan,
                          "parity": status[v.name]["status"], "accuracy_change_pp": status[v.name].get("accuracy_change_pp"),
-                         "agreement": status[v.name].get("agreement"), **env} for v in variants]
+                         "agreement": status[v.name].get("agreement"), "int8_weight_bits": v.int8_weight_bits,
+                         **env} for v in variants]
         timing = (time_variants(variants, settings, threads, device, data_root, "with this checkpoint's export")
                   if timed else {"bench": [], "end_to_end": []})
     by_name = {row["variant"]: row for row in variant_rows}
@@ -226,7 +227,7 @@ def time_variants(variants: list[Variant], settings: ExportConfig, threads: int,
             rows.append({"variant": variant.name, "variant_precision": variant.precision, "runtime": variant.runtime,
                          "device": str(variant.device), "device_name": device_name(variant.device), **env,
                          **measured, "speedup": ratio[0], "speedup_ci_low": ratio[1], "speedup_ci_high": ratio[2],
-                         "latency_method": method, "int8_weight_bits": variant.int8_weight_bits})
+                         "latency_method": method})
     return {"bench": rows, "end_to_end": end_to_end(variants, data_root) if settings.end_to_end else []}
 
 

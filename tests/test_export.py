@@ -259,6 +259,9 @@ def test_hook_exports_each_trial_and_survives_a_failing_one(hook_run, capsys) ->
     # fp32 forms must agree; bf16 / int8 may miss the 1-point rule on a 100-image test set (1 image = 1 pp)
     assert (bench.loc[bench["variant_precision"] == "fp32", "parity"] == "ok").all()
     assert set(bench["parity"]) <= {"ok", "parity_failed"}
+    int8 = bench["variant"] == "onnx_int8"  # each trial's own INT8 file's range (this CPU built both)
+    assert (bench.loc[int8, "int8_weight_bits"] == (7 if machine.int8_sums_saturate() else 8)).all()
+    assert bench.loc[~int8, "int8_weight_bits"].isna().all()
     for _, row in outcome.table.iterrows():
         has_export = (Path(row["path"]) / "export" / "bench.json").is_file()
         assert has_export == (row["seed"] in (0, 2))
