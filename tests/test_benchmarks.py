@@ -78,6 +78,15 @@ def test_scale_smoke_test() -> None:
     assert "results.csv " in out and "analyze " in out
 
 
+@pytest.mark.slow
+def test_tune_snapshots_smoke_test() -> None:
+    """Starts its own embedded Ray in the child process; both settings' trials all finish."""
+    out = _run("tune_snapshots.py", "--smoke-test")
+    rows = [line for line in out.splitlines() if line.startswith("| num_to_keep=")]
+    assert len(rows) == 2 and all(line.endswith("| 0 |") for line in rows), out
+    assert "driver CPU with forced snapshots: " in out
+
+
 def test_export_cost_smoke_test() -> None:
     """Two checkpoints exported one after the other, each variant's build and parity seconds."""
     out = _run("export_cost.py", "--smoke-test")
