@@ -1,7 +1,8 @@
 """What Tune's forced experiment snapshots cost a large study: N trivial trials (one result with 30
-metrics and a 1 kB checkpoint each, no torch) under `CheckpointConfig(num_to_keep=1)`, which is
-cifar-tune's setting and makes Tune snapshot the whole experiment after every trial checkpoint,
-beside the same trials with `num_to_keep=None` (no forced snapshot), in one Ray, order alternating.
+metrics and a 1 kB checkpoint each, no torch) under `CheckpointConfig(num_to_keep=1)`, which makes
+Tune snapshot the whole experiment after every trial checkpoint (cifar-tune's setting until
+cifar_tune/orchestrator/retention.py replaced it), beside the same trials with `num_to_keep=None`
+(no forced snapshot, cifar-tune's setting now), in one Ray, order alternating.
 
     python benchmarks/tune_snapshots.py --trials 1000      # minutes on 2 cores
     python benchmarks/tune_snapshots.py --smoke-test       # seconds (CI runs it)

@@ -90,7 +90,7 @@ class StudyWrites:
     trials: int
     checkpoints: int  # over all trials
     bytes: int  # written over the run
-    kept: int  # left at the end, at most: Tune keeps each trial's best and latest checkpoint
+    kept: int  # left at the end: each trial's latest checkpoint, which holds its best weights too
 
     def describe(self) -> str:
         per = self.bytes / max(self.checkpoints, 1)
@@ -121,5 +121,5 @@ def study_writes(config: ExperimentConfig, plan: SearchPlan) -> StudyWrites:
         count = len(checkpoint_epochs(epochs, train_cfg.checkpoint_every, trial_rungs(config, epochs)))
         checkpoints += count
         total += (count - 1) * size.total + size.last
-        kept += size.last + (size.total if count > 1 else 0)  # the latest (the last epoch's) and the best
+        kept += size.last  # the latest (the last epoch's): orchestrator/retention.py deletes the rest
     return StudyWrites(len(plan.trials), checkpoints, total, kept)

@@ -77,7 +77,7 @@ def test_study_writes_counts_each_trials_checkpoints(tiny_raw) -> None:
     # epochs 4: [4]; epochs 10: [4, 8, 10]; two seeds each; each trial's last checkpoint holds no optimizer state
     assert (writes.trials, writes.checkpoints) == (4, 8)
     assert writes.bytes == 4 * size.last + 4 * size.total
-    assert writes.kept == 2 * size.last + 2 * (size.last + size.total)
+    assert writes.kept == 4 * size.last  # each trial's latest alone (orchestrator/retention.py)
     asha, _ = _writes(tiny_raw, search={"epochs": [9]}, train={"checkpoint_every": 9},
                       tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 3.0})
     assert asha.checkpoints == 3  # epochs 1 and 3 (rungs) and 9

@@ -49,6 +49,7 @@ from cifar_tune.orchestrator.export_hook import ExportCallback
 from cifar_tune.orchestrator.interrupt import GracefulInterrupt, sigint_restored
 from cifar_tune.orchestrator.param_space import param_space
 from cifar_tune.orchestrator.preflight import preflight
+from cifar_tune.orchestrator.retention import KeepLatestCheckpoint
 from cifar_tune.orchestrator.timing import time_in_session
 from cifar_tune.search import SearchPlan, plan_experiment
 from cifar_tune.storage import Location, StorageError
@@ -122,29 +123,14 @@ def make_tuner(config: ExperimentConfig, plan: SearchPlan, data: CifarData,
         run_config=tune.RunConfig(
             name=config.name,
             storage_path=storage,
-            # num_to_keep=1 scored by val_acc: Tune keeps the best-validation checkpoint
-            # and, always, the latest one (to resume from).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE,
+            # Tune keeps every checkpoint; KeepLatestCheckpoint deletes all but each trial's latest
+            # (orchestrator/retention.py says why Tune's num_to_keep is not used).
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
             callbacks=list(callbacks),
         ),
     )
-
-
-@contextlib.contextmanager
-def _quiet_snapshot_warning() -> Iterator[None]:
-    """num_to_keep=1 makes Tune snapshot its state after every checkpoint, i.e. every epoch. That
-    is what we want (a resume loses at most one epoch), so its "snapshotting too often" warning is
-    noise. Tune reads the threshold when fit() starts; it is restored afterwards."""
-    key = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
-    before = os.environ.get(key)
-    os.environ.setdefault(key, "0")
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -240,7 +226,7 @@ def _finish(config: ExperimentConfig, plan: SearchPlan, path: Location, grid: An
 
 
 def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extra: Sequence[Any]) -> list[Any]:
-    hooks: list[Any] = [GracefulInterrupt(), LedgerCallback()]
+    hooks: list[Any] = [GracefulInterrupt(), LedgerCallback(), KeepLatestCheckpoint()]
     hooks += [ExportCallback(config, plan, data)] if config.export.enabled else []
     wandb_hook = trial_callback(config, config.experiment_location(), plan.columns)
     return hooks + ([wandb_hook] if wandb_hook else []) + list(extra)
@@ -249,7 +235,7 @@ def _callbacks(config: ExperimentConfig, plan: SearchPlan, data: CifarData, extr
 def _fit(tuner: tune.Tuner) -> Any:
     """Tune's loop, with a DeviceLedger for the trials to count who shares their device."""
     ledger = start_ledger()  # held here: Ray ends a named actor once no handle to it is left
-    with _quiet_snapshot_warning(), _cwd_that_outlives_the_job(), sigint_restored():
+    with _cwd_that_outlives_the_job(), sigint_restored():
         grid = tuner.fit()
     del ledger
     return grid
