@@ -59,7 +59,7 @@ def export_once(checkpoint: Path, out: Path, data, settings: ExportConfig, threa
     try:
         start = time.perf_counter()
         result = bench.bench_checkpoint(checkpoint, out, data.test_x, data.test_y, data.train_x, settings,
-                                        device=torch.device("cpu"), threads=threads, timed=False, aoti_cache=cache)
+                                        device=torch.device("cpu"), threads=threads, timed=False, export_cache=cache)
         return result, time.perf_counter() - start, parity_s, whole[0]
     finally:
         bench.parity, bench.check_parity = check, checks

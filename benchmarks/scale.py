@@ -170,22 +170,28 @@ def side_bare(args: argparse.Namespace) -> dict:
 
 def one_trial_alone(args: argparse.Namespace) -> dict:
     """One trial's work (build, train the epoch, test, save) in this process, on one thread as a
-    1-CPU trial gets: the minimum's unit."""
+    1-CPU trial gets: the minimum's unit. Also its export alone (cifar-tune's post-trial work: the
+    study's variants built and parity-checked, untimed as the hook does), for the minimum with exports."""
     import torch
 
+    from cifar_tune.bench import bench_checkpoint
     from cifar_tune.config import validate_config
     from cifar_tune.data import load_data
 
     config = validate_config(study_config("alone", args.out, args.data, 1, None, args.images))
     data = load_data(config.data)
     torch.set_num_threads(1)
-    times = []
+    times, export_times = [], []
     for seed in range(3):
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
             trial_work(config.train.model_copy(update={"seed": seed}), config.model, data, folder)
-        times.append(time.perf_counter() - start)
-    return {"trial_s": min(times)}
+            times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: config.export.calibration_images],
+                             config.export, device=torch.device("cpu"), threads=1, timed=False)
+            export_times.append(time.perf_counter() - start)
+    return {"trial_s": min(times), "export_s": min(export_times)}
 
 
 SIDES = {"cifar-tune": side_cifar_tune, "bare": side_bare, "alone": one_trial_alone}
@@ -349,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     minimum = args.trials * alone["trial_s"] / slots
     print(f"one trial alone {alone['trial_s']:.2f} s; minimum {minimum:.1f} s "
           f"({args.trials} x {alone['trial_s']:.2f} s / {slots} slots)")
+    with_exports = args.trials * (alone["trial_s"] + alone["export_s"]) / slots
+    print(f"one export alone {alone['export_s']:.2f} s; minimum with exports {with_exports:.1f} s "
+          f"(cifar-tune's side also exports each trial)")
     for side, f in sides.items():
+        if side == "cifar-tune":
+            print(f"cifar-tune: overhead {100 * (f['wall_s'] / with_exports - 1):.0f}% over the minimum with exports")
         print(f"{side}: wall {f['wall_s']:.1f} s, overhead {100 * (f['wall_s'] / minimum - 1):.0f}% over the minimum; "
               f"first result after {f['first_result_s']:.1f} s; driver {f['driver_cpu_s']:.1f} CPU s, peak RSS "
               f"{f['driver_peak_rss_mb']:.0f} MB; {f['bytes_per_trial'] / 1024**2:.2f} MB written per trial; "
@@ -367,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resume after an interrupt with {resumed['finished_before']}/{args.trials} trials finished: "
               f"{resumed['resume_s']:.1f} s; finished trials run again: {resumed['rerun']}; results.csv: "
               f"{resumed['rows']} rows, {resumed['unique_trials']} trials, {resumed['terminated']} finished")
-    (args.out / "figures.json").write_text(json.dumps({"alone": alone, "minimum_s": minimum, **sides,
+    (args.out / "figures.json").write_text(json.dumps({"alone": alone, "minimum_s": minimum,
+                                                       "minimum_with_exports_s": with_exports, **sides,
                                                        "resume": resumed}, indent=1))
     scratch.cleanup()  # empty unless --out was not given
     ok = all(f["trials_done"] == args.trials for f in sides.values()) and (not ct or ct["exports"] == args.trials)

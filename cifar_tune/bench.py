@@ -26,7 +26,7 @@ import torch
 from cifar_tune.config import DataConfig, ExportConfig, load_saved_config
 from cifar_tune.data import MEAN, STD, DataError, batches_dir, load_data, normalize, torchvision_cifar10
 from cifar_tune.errors import CifarTuneError, short_error
-from cifar_tune.export import Variant, aoti_key, build_variants, load_best_model
+from cifar_tune.export import Variant, aoti_key, build_variants, load_best_model, onnx_key
 from cifar_tune.machine import device_name, environment
 from cifar_tune.meters import measure_latencies, median_ratio_interval, recover_after_failure
 from cifar_tune.names import (
@@ -36,6 +36,7 @@ from cifar_tune.names import (
     CHECKPOINT_GLOB,
     CONFIG_FILE,
     EXPORT_DIR,
+    ONNX_FILE,
     PARITY_FILE,
     REFERENCE_VARIANT,
     TRIAL_PARAMS_FILE,
@@ -117,25 +118,31 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
                      calibration_x: torch.Tensor, settings: ExportConfig, device: torch.device | None = None,
                      threads: int | None = None, data_root: str | None = None,
                      deadline: float | None = None, timed: bool = True,
-                     aoti_cache: Location | None = None) -> dict[str, Any]:
+                     export_cache: Location | None = None) -> dict[str, Any]:
     """Export and check one checkpoint's best weights, and time them unless `timed` is False; write
     parity.json and bench.json into out_dir and return {"parity": [...], "variants": [one row per
     variant], "bench": [per variant x batch size, with latency; empty untimed], "end_to_end": [...],
     "failed": {...}}. Untimed is the post-trial hook's share: latency does not depend on the weights,
     so the hook times one trial's export once, alone (`time_export`). `deadline` (time.monotonic()):
-    variants that no longer fit before it are skipped, saying so. `aoti_cache`: a folder of compiled
-    AOTInductor packages shared by an experiment's trials (`shared_aoti_package`)."""
+    variants that no longer fit before it are skipped, saying so. `export_cache`: the folder where an
+    experiment's trials share what only the first must make (`shared_file`): the compiled
+    AOTInductor package, the exported model.onnx graph."""
     model, meta, device, threads = _loaded(checkpoint_dir, device, threads, settings)
     out_dir = Path(out_dir)
     images = normalize(test_x, channels_last=False)
     calibration = normalize(calibration_x[: settings.calibration_images], channels_last=False)
     # Strict fp32 while building and timing: on CUDA, cuDNN's TF32 is on by default, which would run
     # the "fp32" rows (and the parity reference) in TF32. Autocast variants are unaffected.
-    with policy("fp32").backend_flags(), shared_aoti_package(aoti_cache, device, model) as template:
+    aoti, onnx = (aoti_key(device, model), onnx_key(model)) if export_cache is not None else (None, None)
+    with (policy("fp32").backend_flags(), shared_file(export_cache, aoti) as aoti_template,
+          shared_file(export_cache, onnx) as onnx_template):
         variants, failed, skipped = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt,
-                                                   settings.variants, deadline, aoti_template=template)
-        if aoti_cache is not None and template is None and any(v.file == out_dir / AOTI_FILE for v in variants):
-            publish_aoti_package(aoti_cache, aoti_key(device, model), out_dir / AOTI_FILE)
+                                                   settings.variants, deadline, aoti_template=aoti_template,
+                                                   onnx_template=onnx_template)
+        if export_cache is not None and aoti_template is None and any(v.file == out_dir / AOTI_FILE for v in variants):
+            publish_file(export_cache, aoti, out_dir / AOTI_FILE)
+        if export_cache is not None and onnx_template is None and (out_dir / ONNX_FILE).is_file():
+            publish_file(export_cache, onnx, out_dir / ONNX_FILE)
         parity_rows = check_parity(variants, failed, skipped, images, test_y, settings)
         env = environment(threads, device)
         status = {row["variant"]: row for row in parity_rows}
@@ -160,30 +167,29 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
 
 
 @contextlib.contextmanager
-def shared_aoti_package(cache: Location | None, device: torch.device, model: torch.nn.Module) -> Iterator[Path | None]:
-    """The compiled AOTInductor package of this model's `aoti_key` that another trial left in
-    `cache`, as a local file while the block runs; None when there is none (or no cache). Compiling
-    it again would only bake other weights into the same code: inductor's own caches cannot help, as
+def shared_file(cache: Location | None, key: str | None) -> Iterator[Path | None]:
+    """The file `key` (an `aoti_key` or `onnx_key`) that another trial of the experiment left in its
+    export cache, as a local file while the block runs; None when there is none (or no cache). Made
+    again, it would only hold other weights in the same graph, and inductor's own caches cannot help:
     an AOT package's cache key hashes its constants' values (torch/_inductor/codecache.py,
     `_reduce_tensor`)."""
-    key = aoti_key(device, model) if cache is not None else ""
-    if cache is None or not cache.is_file(key):
+    if cache is None or key is None or not cache.is_file(key):
         yield None
         return
     if cache.is_local:
         yield cache.local_path / key
         return
-    with tempfile.TemporaryDirectory(prefix="cifar-tune-aoti-") as folder:
+    with tempfile.TemporaryDirectory(prefix="cifar-tune-shared-") as folder:
         path = Path(folder) / key
         path.write_bytes(cache.read_bytes(key))
         yield path
 
 
-def publish_aoti_package(cache: Location, key: str, package: Path) -> None:
-    """Offer a package this trial compiled to the trials after it, unless one is there already
-    (two at once both write: each is whole, either serves; Location writes atomically)."""
+def publish_file(cache: Location, key: str, made: Path) -> None:
+    """Offer a file this trial made to the trials after it, unless one is there already (two at
+    once both write: each is whole, either serves; Location writes atomically)."""
     if not cache.is_file(key):
-        cache.write_bytes(key, package.read_bytes())
+        cache.write_bytes(key, made.read_bytes())
 
 
 def check_parity(variants: list[Variant], failed: dict[str, str], skipped: dict[str, str], images: torch.Tensor,
@@ -233,13 +239,14 @@ def time_variants(variants: list[Variant], settings: ExportConfig, threads: int,
 
 def time_export(checkpoint_dir: str | Path, export_dir: str | Path, settings: ExportConfig, names: list[str],
                 method: str, device: torch.device | None = None, threads: int | None = None,
-                data_root: str | None = None, aoti_cache: Location | None = None) -> dict[str, Any]:
+                data_root: str | None = None, export_cache: Location | None = None) -> dict[str, Any]:
     """Time the variants `names` of an export made earlier by `bench_checkpoint(timed=False)`: from
     its files where it has them (nothing is exported again; the torch.compile forms, which have no
     file, compile again from the best weights). What the post-trial hook runs once per experiment,
     on a node to itself. Returns time_variants' {"bench", "end_to_end"} plus {"failed": {...}}."""
     model, _, device, threads = _loaded(checkpoint_dir, device, threads, settings)
-    with policy("fp32").backend_flags(), shared_aoti_package(aoti_cache, device, model) as template:
+    aoti = aoti_key(device, model) if export_cache is not None else None
+    with policy("fp32").backend_flags(), shared_file(export_cache, aoti) as template:
         variants, failed, _ = build_variants(model, Path(export_dir), device, torch.empty(0, 3, 32, 32), threads,
                                              settings.tensorrt, names, reuse_files=True, aoti_template=template)
         return {**time_variants(variants, settings, threads, device, data_root, method), "failed": failed}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -372,10 +373,18 @@ def _aoti_variant(model: torch.nn.Module, path: Path, device: torch.device) -> A
     return variant
 
 
+def shapes_key(model: torch.nn.Module) -> str:
+    """The model's architecture as its weights' names and shapes (batch norm or not, `model.width`),
+    hashed: models with the same key differ only in their weights' values."""
+    shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items())
+    return hashlib.sha256(shapes.encode()).hexdigest()[:12]
+
+
 def aoti_key(device: torch.device, model: torch.nn.Module) -> str:
     """What a compiled AOTInductor package holds only for: the device kind it generated code for (a
     GPU's compute capability, a CPU's vector instruction set), the torch version, the architecture
-    (with or without batch norm). Packages with the same key differ only in their weights."""
+    (`shapes_key`: with or without batch norm, its width). Packages with the same key differ only in
+    their weights."""
     if device.type == "cuda":
         arch = "sm{}{}".format(*torch.cuda.get_device_capability(device))
     else:
@@ -383,7 +392,7 @@ def aoti_key(device: torch.device, model: torch.nn.Module) -> str:
 
         arch = str(pick_vec_isa()) or "scalar"
     norm = "bn" if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) else "nobn"
-    return f"aoti-{device.type}-{arch}-torch{torch.__version__}-{norm}.pt2".replace("+", "_")
+    return f"aoti-{device.type}-{arch}-torch{torch.__version__}-{norm}-{shapes_key(model)}.pt2".replace("+", "_")
 
 
 def aoti_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -393,17 +402,73 @@ def aoti_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if not k.endswith("num_batches_tracked")}
 
 
-def save_onnx(model: torch.nn.Module, path: Path) -> Path:
-    """fp32 ONNX with a dynamic batch dimension, in one self-contained file, checked by onnx.checker."""
+def onnx_key(model: torch.nn.Module) -> str:
+    """What a model.onnx holds only for: the architecture (`shapes_key`) and the torch version that
+    exported it. Files with the same key differ only in their weights."""
+    return f"onnx-{shapes_key(model)}-torch{torch.__version__}.onnx".replace("+", "_")
+
+
+def _folded(model: torch.nn.Module) -> torch.nn.Module:
+    """The eval-mode model with each batch norm folded into the conv before it, as ONNX export folds
+    them anyway: exported from this, model.onnx's initializers are this module's weights, by name."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval())
+
+
+def save_onnx(model: torch.nn.Module, path: Path, template: Path | None = None,
+              check_images: torch.Tensor | None = None) -> Path:
+    """fp32 ONNX with a dynamic batch dimension, in one self-contained file, checked by onnx.checker.
+    `template`: a model.onnx of this model's `onnx_key` exported for another trial; its graph with
+    this model's weights is written instead of exporting again (about 2 CPU-s per trial here), when
+    every weight finds its initializer and, on `check_images`, the result matches the model."""
     import onnx
 
+    folded = _folded(model)
+    if template is not None:
+        try:
+            return _onnx_from_template(template, folded, path, check_images)
+        except Exception as exc:  # whatever is wrong with the template, exporting is the way that works
+            log.warning("model.onnx exported afresh, the shared template did not serve: %s", short_error(exc))
     example = torch.randn(2, 3, 32, 32)
     with warnings.catch_warnings(), contextlib.redirect_stdout(None):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False,
+        torch.onnx.export(folded, (example,), str(path), dynamo=True, external_data=False,
                           input_names=["x"], output_names=["logits"],
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def _onnx_from_template(template: Path, folded: torch.nn.Module, path: Path, check_images: torch.Tensor | None) -> Path:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(template))
+    weights = {name: t.detach().cpu().numpy() for name, t in folded.state_dict().items()}
+    initializers = {init.name: init for init in proto.graph.initializer}
+    missing = [name for name in weights if name not in initializers]
+    if missing:
+        raise ExportError(f"the shared template has no initializer for {', '.join(missing[:3])}")
+    for name, array in weights.items():
+        if tuple(initializers[name].dims) != array.shape:
+            raise ExportError(f"the shared template's {name} is {tuple(initializers[name].dims)}, not {array.shape}")
+        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    if check_images is not None and len(check_images):
+        # An initializer the exporter had transformed (say, a transposed square weight) would still
+        # fit by name and shape: the swapped graph must answer as the model does.
+        images = check_images[:8].float().contiguous()
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"x": images.numpy()})[0]
+        with torch.no_grad():
+            want = folded(images).numpy()
+        if not np.allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max() + 1e-6)):
+            raise ExportError(f"the shared template with these weights differs from the model "
+                              f"(max |diff| {float(np.abs(got - want).max()):.3g})")
     return path
 
 
@@ -472,7 +537,7 @@ class _Artifacts:
     tensorrt), timed; a file that failed to make fails every variant that needs it, with its reason."""
 
     def __init__(self, model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
-                 reuse: bool = False) -> None:
+                 reuse: bool = False, onnx_template: Path | None = None) -> None:
         self.model, self.out_dir, self.device, self.calibration = model, out_dir, device, calibration
         # reuse: files already in out_dir are taken as they are (timing an export made earlier)
         self.made: dict[str, Path | Exception] = {}
@@ -483,7 +548,7 @@ class _Artifacts:
         self.seconds = 0.0  # spent making files since the last reset: the build_s of the variant that needed them
         self.savers = {TORCHSCRIPT_FILE: lambda p: save_torchscript(self.model, p),
                        AOTI_FILE: lambda p: save_aoti(self.model, p, self.device),
-                       ONNX_FILE: lambda p: save_onnx(self.model, p),
+                       ONNX_FILE: lambda p: save_onnx(self.model, p, onnx_template, self.calibration),
                        ONNX_FP16_FILE: lambda p: save_onnx_fp16(self.path(ONNX_FILE), p),
                        ONNX_INT8_FILE: lambda p: save_onnx_int8(self.path(ONNX_FILE), p, self.calibration)}
 
@@ -586,7 +651,7 @@ BUILDERS: dict[str, Callable[[_Build], Variant]] = {
 def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, calibration: torch.Tensor,
                    threads: int, tensorrt: bool = False, wanted: list[str] | None = None,
                    deadline: float | None = None, reuse_files: bool = False, aoti_template: Path | None = None,
-                   ) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
+                   onnx_template: Path | None = None) -> tuple[list[Variant], dict[str, str], dict[str, str]]:
     """Write the export files into out_dir. Returns every variant that could be built on `device`,
     {name: reason} of those that failed to build (an export exception is recorded, not raised), and
     {name: reason} of those skipped because this device or installation cannot run them.
@@ -597,9 +662,10 @@ def build_variants(model: torch.nn.Module, out_dir: Path, device: torch.device, 
     (time.monotonic()): a variant whose `build_estimate_s` no longer fits before it is skipped, saying
     so. The reference (eager fp32) is always built. `reuse_files`: export files already in out_dir
     are loaded, not made again (the torch.compile forms, which have no file, compile again).
-    `aoti_template`: a package of this model's `aoti_key` to swap the weights into instead of compiling."""
+    `aoti_template`: a package of this model's `aoti_key` to swap the weights into instead of compiling;
+    `onnx_template`: a model.onnx of its `onnx_key` to write with these weights instead of exporting."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = _Artifacts(model, out_dir, device, calibration, reuse_files)
+    files = _Artifacts(model, out_dir, device, calibration, reuse_files, onnx_template)
     if any(builder is _compiled and (wanted is None or name in wanted) for name, builder in BUILDERS.items()):
         # A worker reused for the next trial's export still holds the last one's compiled graphs, which
         # count toward dynamo's recompile limit; inductor's on-disk cache still serves their code.

@@ -72,8 +72,10 @@ REGISTRY: tuple[VariantSpec, ...] = (
                 "process, as a deployment loads it. Compiled once per experiment: later trials swap their "
                 "weights into that package (`model.aoti_weights.pt`)", compiles=True, build_estimate_s=90),
     VariantSpec("onnx_fp32", "fp32", "ONNX Runtime", ONNX_FILE, (),
-                "`torch.onnx.export` (dynamo, opset 18, dynamic batch); graph optimization ALL; the CUDA "
-                "provider with IO binding where it loads, else the CPU provider (the row says which)",
+                "`torch.onnx.export` (dynamo, opset 18, dynamic batch) of the model with batch norm folded; "
+                "exported once per experiment: later trials write their weights into that graph, checked "
+                "against the model; graph optimization ALL; the CUDA provider with IO binding where it "
+                "loads, else the CPU provider (the row says which)",
                 build_estimate_s=20),
     VariantSpec("onnx_fp16", "fp16", "ONNX Runtime", ONNX_FP16_FILE, (CUDA_DEVICE, ORT_CUDA),
                 "fp16 weights and math, fp32 inputs and outputs, on ONNX Runtime's CUDA provider"),

@@ -493,7 +493,7 @@ def test_compiled_and_aoti_variants_meet_parity_and_a_later_trial_reuses_the_pac
     cache = Location.of(tmp_path / "cache")
     out = tmp_path / "first"
     result = bench_checkpoint(trial / "checkpoint_000001", out, data.test_x, data.test_y, data.train_x, settings,
-                              device=torch.device("cpu"), threads=1, aoti_cache=cache)
+                              device=torch.device("cpu"), threads=1, export_cache=cache)
     parity = {row["variant"]: row for row in result["parity"]}
     for name in ("compiled", "compiled_frozen"):  # frozen: batch norm folded into the convolutions, same answers
         assert parity[name]["status"] == "ok" and parity[name]["agreement"] >= 0.999, parity[name]
@@ -514,11 +514,7 @@ def test_compiled_and_aoti_variants_meet_parity_and_a_later_trial_reuses_the_pac
     assert cache.listdir() == [export_mod.aoti_key(torch.device("cpu"),
                                                    export_mod.load_best_model(trial / "checkpoint_000001")[0])]
     other = tmp_path / "other"
-    other.mkdir()
-    saved = torch.load(trial / "checkpoint_000001" / "best_model.pt", weights_only=True)
-    torch.manual_seed(7)
-    fresh = export_mod.AlexNet(**TINY_MODEL)
-    torch.save({**saved, "state_dict": fresh.state_dict()}, other / "best_model.pt")
+    fresh = _other_weights(trial, other)
 
     def no_compiling(*args, **kwargs):
         raise AssertionError("AOTInductor compiled again")
@@ -526,7 +522,7 @@ def test_compiled_and_aoti_variants_meet_parity_and_a_later_trial_reuses_the_pac
     monkeypatch.setattr(export_mod, "save_aoti", no_compiling)
     later = bench_checkpoint(other, tmp_path / "later", data.test_x, data.test_y, data.train_x,
                              settings.model_copy(update={"variants": ["eager_fp32", "aoti"]}),
-                             device=torch.device("cpu"), threads=1, timed=False, aoti_cache=cache)
+                             device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
     swapped = {row["variant"]: row for row in later["parity"]}["aoti"]
     assert swapped["status"] == "ok" and swapped["agreement"] >= 0.999, swapped
     assert swapped["max_abs_diff"] < 1e-3  # its own weights: the first trial's would differ everywhere
@@ -535,6 +531,61 @@ def test_compiled_and_aoti_variants_meet_parity_and_a_later_trial_reuses_the_pac
     assert set(weights) == set(torch._inductor.aoti_load_package(str(out / "model.pt2")).get_constant_fqns())
     fp32_weights_mb = 4 * sum(p.numel() for p in fresh.parameters()) / 1e6  # the file holds them all
     assert later["variants"][1]["build_s"] < 0.5 and later["variants"][1]["file_mb"] > fp32_weights_mb
+
+
+def _other_weights(trial: Path, folder: Path) -> torch.nn.Module:
+    """A later trial's best_model.pt: the same architecture as `trial`'s, other weights."""
+    folder.mkdir()
+    saved = torch.load(trial / "checkpoint_000001" / "best_model.pt", weights_only=True)
+    torch.manual_seed(7)
+    fresh = export_mod.AlexNet(**TINY_MODEL)
+    torch.save({**saved, "state_dict": fresh.state_dict()}, folder / "best_model.pt")
+    return fresh
+
+
+def test_a_later_trial_writes_model_onnx_into_the_first_ones_graph(trained, tmp_path: Path, monkeypatch) -> None:
+    """ONNX export costs about 2 CPU-s a trial; a later trial of the same architecture writes its own
+    weights into the graph the first one exported (left in the experiment's cache), and its ONNX
+    variants, fp32 and INT8, meet parity with its own eager model."""
+    trial, data = trained
+    settings = QUICK.model_copy(update={"variants": ["eager_fp32", "onnx_fp32", "onnx_int8"]})
+    cache = Location.of(tmp_path / "cache")
+    bench_checkpoint(trial / "checkpoint_000001", tmp_path / "first", data.test_x, data.test_y, data.train_x,
+                     settings, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
+    key = export_mod.onnx_key(export_mod.load_best_model(trial / "checkpoint_000001")[0])
+    assert key in cache.listdir()
+
+    _other_weights(trial, tmp_path / "other")
+
+    def no_exporting(*args, **kwargs):
+        raise AssertionError("ONNX exported again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", no_exporting)
+        later = bench_checkpoint(tmp_path / "other", tmp_path / "later", data.test_x, data.test_y, data.train_x,
+                                 settings, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
+    parity = {row["variant"]: row for row in later["parity"]}
+    assert parity["onnx_fp32"]["status"] == "ok" and parity["onnx_fp32"]["max_abs_diff"] < 1e-3, parity
+    assert parity["onnx_int8"]["status"] == "ok", parity  # quantized from the swapped graph
+    assert (tmp_path / "later" / "model.onnx").read_bytes() != (tmp_path / "first" / "model.onnx").read_bytes()
+
+    # A template whose graph no longer answers as the model does (a Gemm's transB flipped: the names
+    # and shapes of its weights still fit) is not used: model.onnx is exported afresh, and right.
+    broken = onnx.load(str(tmp_path / "first" / "model.onnx"))
+    gemm = next(node for node in broken.graph.node if node.op_type == "Gemm")
+    for attribute in gemm.attribute:
+        if attribute.name == "transB":
+            attribute.i = 1 - attribute.i
+    template = tmp_path / "broken.onnx"
+    onnx.save(broken, str(template))
+    model = export_mod.load_best_model(tmp_path / "other")[0]
+    images = normalize(data.train_x[:8], channels_last=False)
+    path = export_mod.save_onnx(model, tmp_path / "fresh.onnx", template, images)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": images.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(got, model.eval()(images).numpy(), atol=1e-4)
 
 
 @pytest.mark.slow

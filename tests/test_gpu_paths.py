@@ -396,6 +396,11 @@ def test_a_shared_aoti_package_is_keyed_by_what_it_was_compiled_for(monkeypatch)
     assert cpu != export_mod.aoti_key(torch.device("cpu"), plain) and "cpu" in cpu and "+" not in cpu
     monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: "avx2")
     assert export_mod.aoti_key(torch.device("cpu"), bn) != cpu or "avx2" in cpu
+    # Nor a package of one width to a model of another (a search over model.width), while other
+    # weights of the same shapes share it.
+    assert export_mod.aoti_key(torch.device("cpu"), AlexNet(width=0.5)) != export_mod.aoti_key(torch.device("cpu"), bn)
+    torch.manual_seed(1)
+    assert export_mod.aoti_key(torch.device("cpu"), AlexNet()) == export_mod.aoti_key(torch.device("cpu"), bn)
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])

@@ -44,7 +44,7 @@ def _is_record(rel: str) -> bool:
     *folders, name = rel.split("/")
     if any(folder.startswith("checkpoint_") for folder in folders):
         return name == names.PREDICTIONS_FILE  # of a checkpoint, only the test predictions
-    return not any(folder in (names.EXPORT_DIR, names.AOTI_CACHE_DIR, "wandb", names.ANALYSIS_DIR) for folder in folders)
+    return not any(folder in (names.EXPORT_DIR, names.EXPORT_CACHE_DIR, "wandb", names.ANALYSIS_DIR) for folder in folders)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
 from cifar_tune.faults import ExportFault, current_faults, inject_export_fault
-from cifar_tune.names import AOTI_CACHE_DIR, BENCH_CSV, EXPORT_DIR, EXPORTS_JSON
+from cifar_tune.names import BENCH_CSV, EXPORT_CACHE_DIR, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.cluster import isolated_node
 from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
@@ -54,7 +54,7 @@ def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Te
         folder.mkdir(parents=True, exist_ok=True)
         result = bench_checkpoint(checkpoint_dir, folder, test_x, test_y, calibration_x, config, device=device,
                                   threads=threads, data_root=data_root, timed=False,
-                                  aoti_cache=Location.of(cache_uri) if cache_uri else None)
+                                  export_cache=Location.of(cache_uri) if cache_uri else None)
         if not out.is_local:
             out.upload(folder)
     return result
@@ -71,7 +71,7 @@ def time_trial_export(checkpoint: tune.Checkpoint, out_uri: str, settings: dict[
     with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory(prefix="cifar-tune-time-") as tmp:
         folder = out.local_path if out.is_local else out.download(Path(tmp))
         return time_export(checkpoint_dir, folder, config, names, method.format(threads=threads), device=device,
-                           threads=threads, data_root=data_root, aoti_cache=Location.of(cache_uri) if cache_uri else None)
+                           threads=threads, data_root=data_root, export_cache=Location.of(cache_uri) if cache_uri else None)
 
 
 # On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
@@ -196,7 +196,7 @@ class ExportCallback(tune.Callback):
         task = export_on_gpu if gpus > 0 else export_on_cpu
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
             checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
-            self.config.data.root, (self.experiment_dir / AOTI_CACHE_DIR).uri, self.faults.export_fault(train.get("seed")))
+            self.config.data.root, (self.experiment_dir / EXPORT_CACHE_DIR).uri, self.faults.export_fault(train.get("seed")))
         self.queued.append((trial.trial_id, launch, row, gpus))
         self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)
@@ -268,7 +268,7 @@ class ExportCallback(tune.Callback):
                   f"{export.rounds} interleaved rounds")
         task = time_on_node.options(num_cpus=cpus, num_gpus=gpus,
                                     scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-        cache = (self.experiment_dir / AOTI_CACHE_DIR).uri if self.experiment_dir is not None else None
+        cache = (self.experiment_dir / EXPORT_CACHE_DIR).uri if self.experiment_dir is not None else None
         ref = task.remote(checkpoint, out_uri, export.model_dump(), names, method, self.config.data.root, cache)
         ready, _ = ray.wait([ref], timeout=timeout_s)
         if not ready:
