@@ -7,7 +7,8 @@ Why not Tune's own `CheckpointConfig(num_to_keep=1)`: to stay consistent with it
 then saves the whole experiment state (every trial's tens of kB) after every trial checkpoint, so a
 study of N trials costs the driver O(N^2) (benchmarks/tune_snapshots.py; RESULTS.md, "Scale").
 Here Tune keeps every checkpoint and saves its state on its own period; this callback looks at most
-every `period_s` seconds, and once more when the experiment ends.
+every `period_s` seconds (longer where reading the saved state is slow: at most about 5% of the
+driver's time, as Tune spaces its own saves), and once more when the experiment ends.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ray import tune
 from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-PRUNE_PERIOD_S = 10.0  # reading the saved state costs about a second per 1,000 trials
+PRUNE_PERIOD_S = 10.0
 
 
 def checkpoint_index(path: str) -> int:
@@ -64,7 +65,7 @@ class KeepLatestCheckpoint(tune.Callback):
     def __init__(self, period_s: float = PRUNE_PERIOD_S) -> None:
         self.period_s = period_s
         self._waiting: dict[str, Any] = {}  # trials holding more than one checkpoint
-        self._last = -math.inf
+        self._last, self._wait = -math.inf, period_s
 
     def __getstate__(self) -> dict[str, Any]:
         return {"period_s": self.period_s}  # Tune pickles its callbacks; trials are not ours to keep
@@ -76,7 +77,7 @@ class KeepLatestCheckpoint(tune.Callback):
         self._waiting[trial.trial_id] = trial
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if self._waiting and time.monotonic() - self._last >= self.period_s:
+        if self._waiting and time.monotonic() - self._last >= self._wait:
             self.prune(list(self._waiting.values()))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -90,7 +91,9 @@ class KeepLatestCheckpoint(tune.Callback):
         self._waiting = dict(several)
         if not several:
             return
+        start = time.monotonic()
         saved = saved_latest_checkpoints(next(iter(several.values())), set(several))
+        self._wait = max(self.period_s, 19 * (time.monotonic() - start))  # a 32 MB state from a bucket is slow
         for trial_id, named in saved.items():
             trial = several[trial_id]
             manager = trial.run_metadata.checkpoint_manager
