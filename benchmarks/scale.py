@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -186,17 +185,17 @@ def one_trial_alone(args: argparse.Namespace) -> dict:
     data = load_data(config.data)
     torch.set_num_threads(1)
     times, export_times = [], []
-    cache = Location.of(tempfile.mkdtemp(prefix="scale-export-cache-"))
-    for seed in range(3):
-        with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            trial_work(config.train.model_copy(update={"seed": seed}), config.model, data, folder)
-            times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: config.export.calibration_images],
-                             config.export, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
-            export_times.append(time.perf_counter() - start)
-    shutil.rmtree(cache.local_path, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="scale-export-cache-") as cache_dir:
+        cache = Location.of(cache_dir)
+        for seed in range(3):
+            with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                trial_work(config.train.model_copy(update={"seed": seed}), config.model, data, folder)
+                times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: config.export.calibration_images],
+                                 config.export, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
+                export_times.append(time.perf_counter() - start)
     # The minimum's units: the fastest trial, and the fastest export of those after the first.
     return {"trial_s": min(times), "export_s": min(export_times[1:]), "first_export_s": export_times[0]}
 

@@ -391,8 +391,7 @@ def aoti_key(device: torch.device, model: torch.nn.Module) -> str:
         from torch._inductor.cpu_vec_isa import pick_vec_isa
 
         arch = str(pick_vec_isa()) or "scalar"
-    norm = "bn" if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) else "nobn"
-    return f"aoti-{device.type}-{arch}-torch{torch.__version__}-{norm}-{shapes_key(model)}.pt2".replace("+", "_")
+    return f"aoti-{device.type}-{arch}-torch{torch.__version__}-{shapes_key(model)}.pt2".replace("+", "_")
 
 
 def aoti_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
