@@ -69,18 +69,28 @@ def study_config(name: str, storage: Path, data_root: Path, trials: int, address
 
 
 class FirstResult:
-    """A Tune callback noting when the first trial result arrives."""
+    """A Tune callback noting when the first and the last trial results arrive (one epoch per
+    trial: the last result is when every trial's training is over)."""
 
     def __new__(cls):  # built lazily: importing Ray here would slow the parent
         from ray.tune import Callback
 
         class _First(Callback):
             at: float | None = None
+            last: float | None = None
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                self.last = time.perf_counter()
                 if self.at is None:
-                    self.at = time.perf_counter()
+                    self.at = self.last
         return _First()
+
+
+def _result_times(first, start: float) -> dict:
+    """Seconds from the run's start; `started_at` is on the machine's monotonic clock, which every
+    process shares (the parent's census lines up with it)."""
+    return {"started_at": start, "first_result_s": first.at - start if first.at else None,
+            "last_result_s": first.last - start if first.last else None}
 
 
 def _usage() -> dict:
@@ -111,7 +121,7 @@ def side_cifar_tune(args: argparse.Namespace) -> dict:
     analysis, _ = analyze_experiment(outcome.path, wandb_mode="disabled")
     analyze_s = time.perf_counter() - t0
     exports = json.loads((Path(outcome.path) / "exports.json").read_text())
-    return {"wall_s": wall, "first_result_s": first.at - start if first.at else None, **usage,
+    return {"wall_s": wall, **_result_times(first, start), **usage,
             "results_csv_s": results_csv_s, "analyze_s": analyze_s,
             "trials_done": int((table["status"] == "TERMINATED").sum()), "exports": len(exports),
             "folder": str(outcome.path)}
@@ -164,7 +174,7 @@ def side_bare(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     done = sum(r.error is None for r in grid)
     ray.shutdown()
-    return {"wall_s": wall, "first_result_s": first.at - start if first.at else None, **_usage(),
+    return {"wall_s": wall, **_result_times(first, start), **_usage(),
             "trials_done": done, "folder": str(Path(args.out) / "bare")}
 
 
@@ -248,25 +258,89 @@ def resume_check(args: argparse.Namespace, address: str) -> dict:
             "terminated": int((table["status"] == "TERMINATED").sum())}
 
 
+# What each Ray process title (or other process of a node's tree) counts as in the CPU census.
+KINDS = (("ray::ImplicitFunc", "trial actors"), ("ray::export_trial", "exports"), ("ray::time_trial_export", "latency timing"),
+         ("ray::RunLogger", "W&B logger"), ("wandb", "W&B logger"), ("ray::DeviceLedger", "device ledger"),
+         ("ray::IDLE", "workers between tasks"))
+
+
+def process_kind(title: str) -> str:
+    return next((kind for prefix, kind in KINDS if title.startswith(prefix)), "Ray's daemons")
+
+
+def _proc_table() -> list[tuple[int, int, str, float]]:
+    """Every process as (pid, ppid, command line, CPU seconds of it and its reaped children), from
+    /proc (Linux, as the simulated cluster is)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    rows = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone since the listing
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
+        cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick  # utime, stime, cutime, cstime
+        rows.append((int(entry.name), int(fields[1]), cmdline or stat[stat.index("(") + 1:stat.rindex(")")], cpu))
+    return rows
+
+
 class RayCensus:
-    """Counts the Ray worker processes of this cluster's nodes by name (ray::ImplicitFunc,
-    ray::DeviceLedger, ray::RunLogger of W&B, ...: the children of the processes that name a
-    node's temp dir) every half second: the peak, and what is left at the end."""
+    """Watches this cluster's nodes every half second (the processes whose command line names a
+    node's temp dir, and their descendants: Ray workers, wandb-core) and the driver's process:
+    Ray workers by title at the peak and at the end (ray::ImplicitFunc, ray::DeviceLedger,
+    ray::RunLogger of W&B, ...), and where the CPU went: each process's CPU seconds since the last
+    look are put on what it is doing now (a Ray worker's title names its task), by kind, with the
+    last moment each kind was busy. It misses at most a process's last half second."""
 
     def __init__(self, nodes: list[str]) -> None:
         self.nodes = nodes
+        self.driver: int | None = None  # the side's process, once started
         self.peak: Counter = Counter()
+        self.cpu: Counter = Counter()  # kind -> CPU seconds
+        self.busy_until: dict[str, float] = {}  # kind -> seconds after the census began
+        self._seen: dict[int, float] = {}  # pid -> its CPU seconds at the last look
+        self.began = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._look(count=False)  # what the nodes' daemons used before the side started is not its
+
+    def _processes(self) -> list[tuple[int, int, str, float]]:
+        """(pid, ppid, command line, CPU seconds) of the nodes' and the driver's process trees."""
+        procs = _proc_table()
+        children: dict[int, list] = {}
+        for row in procs:
+            children.setdefault(row[1], []).append(row)
+        stack = [row for row in procs if row[0] == self.driver or any(node in row[2] for node in self.nodes)]
+        tree: dict[int, tuple] = {}
+        while stack:
+            row = stack.pop()
+            if row[0] not in tree:
+                tree[row[0]] = row
+                stack.extend(children.get(row[0], []))
+        return list(tree.values())
 
     def now(self) -> Counter:
-        table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-        rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
-        owners = {pid for pid, _, args in rows if any(node in args for node in self.nodes)}
-        return Counter(args.split()[0] for _, ppid, args in rows if ppid in owners and args.startswith("ray::"))
+        """Ray workers alive now, by title."""
+        return Counter(title.split()[0] for _, ppid, title, _ in self._processes()
+                       if title.startswith("ray::") and ppid != self.driver)
+
+    def _look(self, count: bool = True) -> None:
+        at = time.perf_counter() - self.began
+        for pid, _, title, cpu in self._processes():
+            delta = cpu - self._seen.get(pid, 0.0)
+            self._seen[pid] = cpu
+            if count and delta > 0:
+                kind = "driver" if pid == self.driver else process_kind(title)
+                self.cpu[kind] += delta
+                if delta > 0.05:
+                    self.busy_until[kind] = at
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
+            self._look()
             counts = self.now()
             if sum(counts.values()) > sum(self.peak.values()):
                 self.peak = counts
@@ -286,13 +360,19 @@ def run_side(side: str, args: argparse.Namespace, address: str | None, nodes: li
                "--data", str(args.data), "--images", str(args.images), "--result", str(result)]
     command += ["--address", address] if address else []
     with RayCensus(nodes) as census:
-        done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{side} side failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        child = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        census.driver = child.pid
+        stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     time.sleep(2)  # let Ray reap what the driver released
     figures = json.loads(result.read_text())
     figures["ray_processes_peak"] = dict(census.peak)
     figures["ray_processes_after"] = dict(census.now())
+    figures["cpu_s_by_kind"] = dict(census.cpu.most_common())
+    if "started_at" in figures:  # the census's clock began before the driver's run did
+        shift = census.began - figures["started_at"]
+        figures["busy_until_s"] = {kind: at + shift for kind, at in census.busy_until.items()}
     if "folder" in figures:
         folder = Path(figures["folder"])
         figures["bytes_per_trial"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / args.trials
@@ -374,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{f['trials_done']}/{args.trials} trials done")
         left = {name: n for name, n in f["ray_processes_after"].items() if name not in NODE_PROCESSES}
         print(f"  Ray processes at the peak: {f['ray_processes_peak']}; left by the run: {left or 'none'}")
+        cpu = f["cpu_s_by_kind"]
+        print(f"  CPU by kind ({sum(cpu.values()):.0f} CPU s in all; per trial): "
+              + ", ".join(f"{kind} {s:.1f} ({s / args.trials:.2f})" for kind, s in cpu.items()))
+        busy = ", ".join(f"{kind} {at:.0f} s" for kind, at in sorted(f.get("busy_until_s", {}).items(),
+                                                                     key=lambda item: item[1]))
+        print(f"  after the run's start: first result {f['first_result_s']:.1f} s, last result "
+              f"{f['last_result_s']:.1f} s, run over {f['wall_s']:.1f} s; last busy: {busy}")
     ct, bare = sides.get("cifar-tune"), sides.get("bare")
     if ct and bare:
         print(f"cifar-tune over bare Tune: {100 * (ct['wall_s'] / bare['wall_s'] - 1):.0f}% "

@@ -133,7 +133,11 @@ def bench_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, test_x: to
     calibration = normalize(calibration_x[: settings.calibration_images], channels_last=False)
     # Strict fp32 while building and timing: on CUDA, cuDNN's TF32 is on by default, which would run
     # the "fp32" rows (and the parity reference) in TF32. Autocast variants are unaffected.
-    aoti, onnx = (aoti_key(device, model), onnx_key(model)) if export_cache is not None else (None, None)
+    # aoti_key asks inductor for the CPU's vector ISA: importing it costs an export worker seconds,
+    # so only where the package is among the variants.
+    wants_aoti = settings.variants is None or "aoti" in settings.variants
+    aoti = aoti_key(device, model) if export_cache is not None and wants_aoti else None
+    onnx = onnx_key(model) if export_cache is not None else None
     with (policy("fp32").backend_flags(), shared_file(export_cache, aoti) as aoti_template,
           shared_file(export_cache, onnx) as onnx_template):
         variants, failed, skipped = build_variants(model, out_dir, device, calibration, threads, settings.tensorrt,
@@ -245,7 +249,7 @@ def time_export(checkpoint_dir: str | Path, export_dir: str | Path, settings: Ex
     file, compile again from the best weights). What the post-trial hook runs once per experiment,
     on a node to itself. Returns time_variants' {"bench", "end_to_end"} plus {"failed": {...}}."""
     model, _, device, threads = _loaded(checkpoint_dir, device, threads, settings)
-    aoti = aoti_key(device, model) if export_cache is not None else None
+    aoti = aoti_key(device, model) if export_cache is not None and "aoti" in names else None
     with policy("fp32").backend_flags(), shared_file(export_cache, aoti) as template:
         variants, failed, _ = build_variants(model, Path(export_dir), device, torch.empty(0, 3, 32, 32), threads,
                                              settings.tensorrt, names, reuse_files=True, aoti_template=template)

@@ -461,7 +461,9 @@ def _onnx_from_template(template: Path, folded: torch.nn.Module, path: Path, che
         # An initializer the exporter had transformed (say, a transposed square weight) would still
         # fit by name and shape: the swapped graph must answer as the model does.
         images = check_images[:8].float().contiguous()
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()  # one thread, as the export's own: 8 images need no pool
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         got = session.run(None, {"x": images.numpy()})[0]
         with torch.no_grad():
             want = folded(images).numpy()

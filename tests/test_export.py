@@ -546,9 +546,15 @@ def _other_weights(trial: Path, folder: Path) -> torch.nn.Module:
 def test_a_later_trial_writes_model_onnx_into_the_first_ones_graph(trained, tmp_path: Path, monkeypatch) -> None:
     """ONNX export costs about 2 CPU-s a trial; a later trial of the same architecture writes its own
     weights into the graph the first one exported (left in the experiment's cache), and its ONNX
-    variants, fp32 and INT8, meet parity with its own eager model."""
+    variants, fp32 and INT8, meet parity with its own eager model. Neither asks for an AOTInductor
+    package's key, which imports inductor (seconds of every export worker's start)."""
     trial, data = trained
     settings = QUICK.model_copy(update={"variants": ["eager_fp32", "onnx_fp32", "onnx_int8"]})
+
+    def no_inductor(*args, **kwargs):
+        raise AssertionError("aoti_key asked for, with no aoti variant")
+
+    monkeypatch.setattr("cifar_tune.bench.aoti_key", no_inductor)
     cache = Location.of(tmp_path / "cache")
     bench_checkpoint(trial / "checkpoint_000001", tmp_path / "first", data.test_x, data.test_y, data.train_x,
                      settings, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)

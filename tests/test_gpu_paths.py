@@ -362,6 +362,7 @@ def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, monkey
     cluster has room for it beside every pending trial."""
     config = validate_config({**tiny_raw, "export": {"enabled": True, "cpus": 1}, "resources": {"cpus_per_trial": 1}})
     hook = export_hook.ExportCallback(config, SearchPlan.of(config))
+    hook._led = True  # past the run's first export (the next test)
     launched = []
     for name in ("a", "b"):
         hook.queued.append((name, lambda n=name: launched.append(n) or f"ref-{n}", {"trial_id": name}, 0.0))
@@ -378,6 +379,58 @@ def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, monkey
     hook.launch_ready([trial("RUNNING"), trial("RUNNING")])
     assert launched == ["a", "b"] and set(hook.pending) == {"a", "b"}  # nothing pending: all go
     assert hook.pending["b"] == ("ref-b", {"trial_id": "b"}) and not hook.queued
+
+
+def test_the_runs_first_export_goes_alone_while_the_export_cache_is_empty(tiny_raw, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """The others would each make the ONNX graph (or AOTInductor package) the first is about to leave
+    in the cache. Once it is back, done or failed, the rest go; at the experiment's end they wait
+    for it at most export.timeout_s. A run whose cache already holds files (a resume) waits for none."""
+    from cifar_tune.names import EXPORT_CACHE_DIR
+    from cifar_tune.storage import Location
+
+    done: set[str] = set()
+    waited: list[float | None] = []
+
+    def fake_wait(refs, timeout=None, **kwargs):
+        waited.append(timeout)
+        return [r for r in refs if r in done], [r for r in refs if r not in done]
+
+    monkeypatch.setattr(ray, "wait", fake_wait)
+    config = validate_config({**tiny_raw, "export": {"enabled": True, "cpus": 1, "timeout_s": 7}})
+    running = [type("Trial", (), {"status": "RUNNING"})()]
+
+    def hook_with(names: str, experiment: Path) -> tuple[export_hook.ExportCallback, list[str]]:
+        hook = export_hook.ExportCallback(config, SearchPlan.of(config))
+        hook.experiment_dir = Location.of(experiment)
+        launched: list[str] = []
+        for name in names:
+            hook.queued.append((name, lambda n=name: launched.append(n) or f"ref-{n}", {"trial_id": name}, 0.0))
+        for step in ("collect", "time_once", "write"):
+            monkeypatch.setattr(hook, step, lambda *args, **kwargs: None)
+        return hook, launched
+
+    hook, launched = hook_with("abc", tmp_path / "fresh")
+    hook.launch_ready(running)
+    hook.launch_ready(running)
+    assert launched == ["a"]  # out alone
+    done.add("ref-a")
+    hook.launch_ready(running)
+    assert launched == ["a", "b", "c"]
+
+    hook, launched = hook_with("de", tmp_path / "stuck")
+    hook.launch_ready(running)
+    assert launched == ["d"]
+    waited.clear()
+    hook.on_experiment_end(running)  # "ref-d" never returns
+    assert launched == ["d", "e"] and waited[0] == 7
+
+    cache = tmp_path / "resumed" / EXPORT_CACHE_DIR
+    cache.mkdir(parents=True)
+    (cache / "onnx-abc.onnx").write_bytes(b"graph")
+    hook, launched = hook_with("fg", tmp_path / "resumed")
+    hook.launch_ready(running)
+    assert launched == ["f", "g"]
 
 
 def test_a_shared_aoti_package_is_keyed_by_what_it_was_compiled_for(monkeypatch) -> None:

@@ -155,6 +155,8 @@ class ExportCallback(tune.Callback):
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
         self.faults = current_faults()  # what the tests inject (cifar_tune/faults.py): none otherwise
         self._export: ExportConfig | None = None  # the export settings of this run, fixed at its first export
+        self._leader: Any = None  # the run's first export while it is alone (see launch_ready), else None
+        self._led = False  # whether this run's exports no longer wait for a first one
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
@@ -172,6 +174,7 @@ class ExportCallback(tune.Callback):
         self.experiment_dir = None
         self.faults = current_faults()  # read again on resume, never pickled
         self._export = None
+        self._leader, self._led = None, False
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
@@ -221,8 +224,11 @@ class ExportCallback(tune.Callback):
     def launch_ready(self, trials: list, force_check: bool = False) -> None:
         """Launch the queued exports that cannot hold a trial back: all of them once no trial is
         PENDING; before that, only where the cluster has room for the export *and* for every pending
-        trial at once (cores the trials leave idle). Resources are read at most once a second."""
-        if not self.queued:
+        trial at once (cores the trials leave idle). Resources are read at most once a second.
+        The run's first export goes alone while its export cache is empty: the others then reuse the
+        ONNX graph and AOTInductor package it leaves there, where 16 at once would each make their own
+        (about 5 CPU-s each for model.onnx here: benchmarks/RESULTS.md, "Scale")."""
+        if not self.queued or self._waiting_for_leader():
             return
         pending = [t for t in trials if t.status == "PENDING"]
         if pending:
@@ -241,8 +247,24 @@ class ExportCallback(tune.Callback):
                 cpus, gpus = cpus - self.config.export.cpus, gpus - export_gpu
             self.queued.pop(0)
             self.pending[trial_id] = (launch(), row)
+            if not self._led:
+                self._led = True
+                if self.experiment_dir is None or not (self.experiment_dir / EXPORT_CACHE_DIR).listdir():
+                    self._leader = self.pending[trial_id][0]
+                    return
+
+    def _waiting_for_leader(self, timeout_s: float = 0.0) -> bool:
+        """Whether the run's first export is still out alone (waiting up to `timeout_s` for it)."""
+        if self._leader is not None:
+            ready, _ = ray.wait([self._leader], timeout=timeout_s)
+            if not ready:
+                return True
+            self._leader = None
+        return False
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._waiting_for_leader(self.config.export.timeout_s)  # then, done or not, the others go
+        self._leader = None
         self.launch_ready([])  # nothing is pending any more: whatever still waits goes now
         self.collect(self.config.export.timeout_s)
         self.time_once(self.config.export.timeout_s)
