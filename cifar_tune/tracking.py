@@ -39,11 +39,17 @@ class RunLogger:
 
         self._wandb = wandb
         self._runs: dict[str, tuple[Any, set[str], set[str]]] = {}  # trial id -> (run, excluded, to config)
+        self._listed_packages = False
 
     def start(self, trial_id: str, exclude: list[str], to_config: list[str], init_kwargs: dict[str, Any]) -> None:
         if trial_id in self._runs:  # a trial restarted within the run keeps its W&B run
             return
-        run = self._wandb.init(**{**init_kwargs, "reinit": "create_new"})  # beside the other trials' runs
+        # wandb lists the installed packages for every run it starts (files/requirements.txt), reading
+        # each one's metadata: 0.2 CPU-s a trial, most of this actor's work. The list is this
+        # process's, the same for every trial, so only the first run of the logger saves it.
+        settings = self._wandb.Settings(x_save_requirements=not self._listed_packages)
+        self._listed_packages = True
+        run = self._wandb.init(**{**init_kwargs, "reinit": "create_new", "settings": settings})  # beside the others
         self._runs[trial_id] = (run, set(exclude), set(to_config))
 
     def log(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -77,6 +77,8 @@ def test_scale_smoke_test() -> None:
     assert "one export alone " in out and "% over the minimum with exports" in out  # cifar-tune's side only
     assert out.count("left by the run: none") == 2, out  # no trial's actor, W&B queue or ledger outlives the run
     assert "results.csv " in out and "analyze " in out
+    # where each side's CPU went, by what its processes were doing, and when each kind was last busy
+    assert out.count("CPU by kind (") == 2 and out.count("trial actors ") >= 2 and out.count("last busy: ") == 2, out
 
 
 @pytest.mark.slow

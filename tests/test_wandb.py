@@ -91,6 +91,10 @@ def test_trial_runs_are_grouped_tagged_and_summarized(logged: Path) -> None:
         assert {"test_acc", "val_acc", "train_loss", "epoch"} <= set(summary["summary"])
         assert summary["summary"]["epoch"] == 2
     assert precisions == {"fp32", SECOND_PRECISION}
+    # the installed packages, the logger's and the same for every trial, listed once per run of the study
+    listed = [(d / "files" / "requirements.txt").is_file() for d in sorted((logged / "wandb").glob("offline-run-*"))
+              if _inspect(d)[1].get("job_type") == "train"]
+    assert sorted(listed) == [False, True], listed
 
 
 def test_analysis_run_holds_tables_and_headline_numbers(logged: Path) -> None:
