@@ -11,6 +11,8 @@ everywhere outside the tests, nothing is injected.
     crash_export_seed  the export task of every trial with this seed kills its own worker process
     epoch_pause_s      every trial sleeps this long after reporting each epoch but its last: a window
                        in which a test kills or interrupts a trial mid-run, bought without CPU
+    epoch_hold_s       every trial sleeps this long at the start of each epoch, inside the window the
+                       device ledger counts: trials whose runs overlap surely share a device on record
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Faults:
     fail_export_seed: int | None = None
     crash_export_seed: int | None = None
     epoch_pause_s: float | None = None
+    epoch_hold_s: float | None = None
 
     def fail_now(self, epoch: int, last_epoch: bool, trial_dir: str) -> bool:
         """Whether fail_at_epoch fires after this epoch of the trial whose folder is `trial_dir`."""
@@ -52,6 +55,11 @@ class Faults:
         """Sleep epoch_pause_s after an epoch that is not the trial's last (sleeping changes no number)."""
         if self.epoch_pause_s and not last_epoch:
             time.sleep(self.epoch_pause_s)
+
+    def hold(self) -> None:
+        """Sleep epoch_hold_s as an epoch starts (its numbers do not change: the Trainer times itself)."""
+        if self.epoch_hold_s:
+            time.sleep(self.epoch_hold_s)
 
     def export_fault(self, seed: int | None) -> ExportFault:
         """What the export task of a trial with this seed is to suffer, if anything."""

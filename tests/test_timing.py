@@ -27,7 +27,7 @@ from cifar_tune.orchestrator.timing import round_order, time_experiment, timing_
 from cifar_tune.train import Trainer
 from cifar_tune.trainables.occupancy import DeviceLedger
 
-from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION
+from conftest import ALLOW_SECOND, SECOND_PRECISION, TEST_PRECISION, inject_faults
 
 # --------------------------------------------------------------------------- the ledger
 
@@ -175,7 +175,11 @@ def test_timing_rounds_reject_a_single_round(tiny_raw) -> None:
 
 
 @pytest.mark.usefixtures("ray_for_tests")
-def test_run_records_device_sharing_times_alone_and_the_report_uses_it(tiny_raw) -> None:
+def test_run_records_device_sharing_times_alone_and_the_report_uses_it(tiny_raw, monkeypatch) -> None:
+    # Each epoch held open 2 s (no CPU): a trial whose worker starts seconds after the other's, as on
+    # a busy machine, still shares the device with it on record (without the hold, one trial could
+    # finish its 4 short epochs before the other began).
+    inject_faults(monkeypatch, epoch_hold_s=2.0)
     raw = json.loads(json.dumps(tiny_raw))
     raw["search"] = {"precision": ["fp32", SECOND_PRECISION], "seed": [0]}
     raw["train"] = {**raw["train"], **ALLOW_SECOND, "epochs": 4}

@@ -49,6 +49,7 @@ def train_cifar(config: dict[str, Any], data: CifarData, faults: Faults | None =
 
     while trainer.epoch < train_cfg.epochs:
         occupancy.epoch_starts()
+        faults.hold()
         metrics: dict[str, Any] = trainer.train_epoch()
         sharing = occupancy.epoch_ends()
         if sharing is not None:
