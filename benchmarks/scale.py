@@ -322,14 +322,16 @@ class RayCensus:
                 stack.extend(children.get(row[0], []))
         return list(tree.values())
 
-    def now(self) -> Counter:
-        """Ray workers alive now, by title."""
-        return Counter(title.split()[0] for _, ppid, title, _ in self._processes()
+    def now(self, processes: list[tuple[int, int, str, float]] | None = None) -> Counter:
+        """Ray workers alive now (or among `processes`), by title."""
+        return Counter(title.split()[0] for _, ppid, title, _ in (processes or self._processes())
                        if title.startswith("ray::") and ppid != self.driver)
 
-    def _look(self, count: bool = True) -> None:
+    def _look(self, count: bool = True) -> list[tuple[int, int, str, float]]:
+        """Put each process's CPU since the last look on its kind; returns the processes seen."""
         at = time.perf_counter() - self.began
-        for pid, _, title, cpu in self._processes():
+        processes = self._processes()
+        for pid, _, title, cpu in processes:
             delta = cpu - self._seen.get(pid, 0.0)
             self._seen[pid] = cpu
             if count and delta > 0:
@@ -337,11 +339,11 @@ class RayCensus:
                 self.cpu[kind] += delta
                 if delta > 0.05:
                     self.busy_until[kind] = at
+        return processes
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
-            self._look()
-            counts = self.now()
+            counts = self.now(self._look())  # one read of /proc a look: the census runs beside the study
             if sum(counts.values()) > sum(self.peak.values()):
                 self.peak = counts
 

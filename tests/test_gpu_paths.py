@@ -23,9 +23,11 @@ from cifar_tune.export import BUILDERS, CompiledVariant, EagerVariant, OrtVarian
 from cifar_tune.machine import device_name, unmet
 from cifar_tune.meters import LatencyMeter, measure_latencies
 from cifar_tune.models import build_model
+from cifar_tune.names import EXPORT_CACHE_DIR
 from cifar_tune.orchestrator import export_hook
 from cifar_tune.precision import policy
 from cifar_tune.search import SearchPlan
+from cifar_tune.storage import Location
 from cifar_tune.train import Trainer
 from cifar_tune.variants import SPECS, VARIANTS
 
@@ -357,12 +359,15 @@ def test_compilers_and_toolkits_each_gpu_path_needs_are_checked(monkeypatch, tmp
     assert machine.cuda_toolkit() is None
 
 
-def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, monkeypatch) -> None:
+def test_an_export_never_takes_a_slot_a_pending_trial_could_use(tiny_raw, tmp_path: Path, monkeypatch) -> None:
     """Queued when its trial completes; launched once nothing is PENDING, or earlier only where the
     cluster has room for it beside every pending trial."""
     config = validate_config({**tiny_raw, "export": {"enabled": True, "cpus": 1}, "resources": {"cpus_per_trial": 1}})
     hook = export_hook.ExportCallback(config, SearchPlan.of(config))
-    hook._led = True  # past the run's first export (the next test)
+    # An export cache that already holds files (the next test: else the first export goes alone).
+    hook.experiment_dir = Location.of(tmp_path)
+    (tmp_path / EXPORT_CACHE_DIR).mkdir()
+    (tmp_path / EXPORT_CACHE_DIR / "onnx-abc.onnx").write_bytes(b"graph")
     launched = []
     for name in ("a", "b"):
         hook.queued.append((name, lambda n=name: launched.append(n) or f"ref-{n}", {"trial_id": name}, 0.0))
@@ -386,9 +391,6 @@ def test_the_runs_first_export_goes_alone_while_the_export_cache_is_empty(tiny_r
     """The others would each make the ONNX graph (or AOTInductor package) the first is about to leave
     in the cache. Once it is back, done or failed, the rest go; at the experiment's end they wait
     for it at most export.timeout_s. A run whose cache already holds files (a resume) waits for none."""
-    from cifar_tune.names import EXPORT_CACHE_DIR
-    from cifar_tune.storage import Location
-
     done: set[str] = set()
     waited: list[float | None] = []
 

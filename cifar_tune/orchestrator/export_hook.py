@@ -156,7 +156,6 @@ class ExportCallback(tune.Callback):
         self.faults = current_faults()  # what the tests inject (cifar_tune/faults.py): none otherwise
         self._export: ExportConfig | None = None  # the export settings of this run, fixed at its first export
         self._leader: Any = None  # the run's first export while it is alone (see launch_ready), else None
-        self._led = False  # whether this run's exports no longer wait for a first one
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on resume.
@@ -174,7 +173,7 @@ class ExportCallback(tune.Callback):
         self.experiment_dir = None
         self.faults = current_faults()  # read again on resume, never pickled
         self._export = None
-        self._leader, self._led = None, False
+        self._leader = None
 
     def _data(self) -> Any:
         """Test images and calibration images in the object store, read on first need."""
@@ -245,13 +244,12 @@ class ExportCallback(tune.Callback):
                 if cpus < self.config.export.cpus or gpus < export_gpu:
                     return
                 cpus, gpus = cpus - self.config.export.cpus, gpus - export_gpu
+            first = not self.pending  # launched exports stay in `pending` until the run's end
             self.queued.pop(0)
             self.pending[trial_id] = (launch(), row)
-            if not self._led:
-                self._led = True
-                if self.experiment_dir is None or not (self.experiment_dir / EXPORT_CACHE_DIR).listdir():
-                    self._leader = self.pending[trial_id][0]
-                    return
+            if first and (self.experiment_dir is None or not (self.experiment_dir / EXPORT_CACHE_DIR).listdir()):
+                self._leader = self.pending[trial_id][0]
+                return
 
     def _waiting_for_leader(self, timeout_s: float = 0.0) -> bool:
         """Whether the run's first export is still out alone (waiting up to `timeout_s` for it)."""
