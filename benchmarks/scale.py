@@ -260,11 +260,13 @@ def resume_check(args: argparse.Namespace, address: str) -> dict:
 
 # What each Ray process title (or other process of a node's tree) counts as in the CPU census.
 KINDS = (("ray::ImplicitFunc", "trial actors"), ("ray::export_trial", "exports"), ("ray::time_trial_export", "latency timing"),
-         ("ray::RunLogger", "W&B logger"), ("wandb", "W&B logger"), ("ray::DeviceLedger", "device ledger"),
+         ("ray::RunLogger", "W&B logger"), ("ray::DeviceLedger", "device ledger"),
          ("ray::IDLE", "workers between tasks"))
 
 
 def process_kind(title: str) -> str:
+    if "/wandb/bin/" in title:  # wandb-core and its system monitor: the W&B logger's own children
+        return "W&B logger"
     return next((kind for prefix, kind in KINDS if title.startswith(prefix)), "Ray's daemons")
 
 

@@ -81,6 +81,17 @@ def test_scale_smoke_test() -> None:
     assert out.count("CPU by kind (") == 2 and out.count("trial actors ") >= 2 and out.count("last busy: ") == 2, out
 
 
+def test_scale_census_names_each_process_by_what_it_runs(monkeypatch) -> None:
+    """Ray workers by their title; wandb-core (titled by its path) with the W&B logger whose child it is."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from scale import process_kind
+
+    assert process_kind("ray::ImplicitFunc.train") == "trial actors"
+    assert process_kind("ray::export_trial") == "exports" and process_kind("ray::IDLE") == "workers between tasks"
+    assert process_kind("/venv/lib/python3.11/site-packages/wandb/bin/wandb-core --port-filename f") == "W&B logger"
+    assert process_kind("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node") == "Ray's daemons"
+
+
 @pytest.mark.slow
 def test_tune_snapshots_smoke_test() -> None:
     """Starts its own embedded Ray in the child process; both settings' trials all finish."""
