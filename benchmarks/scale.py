@@ -3,12 +3,13 @@ Ray Tune doing the same training on the same cluster, and the theoretical minimu
 
     python benchmarks/scale.py --trials 100 --nodes 8 --out /tmp/scale
     python benchmarks/scale.py --smoke-test            # 2 trials on 1 node, about a minute (CI runs it)
-    python benchmarks/scale.py --trials 1000 --nodes 8 --sides cifar-tune   # one side (an hour each here)
+    python benchmarks/scale.py --trials 1000 --nodes 8 --sides cifar-tune   # one side (about 10 minutes here)
 
 cifar-tune's side is the real thing: the trainable, the device ledger, the export hook (eager_fp32
 and onnx_fp32 with parity, latency timed once), W&B offline, results.csv, then `analyze`. Bare
 Tune's side: a function trainable that builds the same Trainer, trains the same epoch, tests, saves
-one checkpoint, with no callbacks. What is shrunk, on both sides: the data (generated; --images
+one checkpoint, with no callbacks, under the Tune settings cifar-tune chooses (`reuse_actors`; Tune
+keeps every checkpoint, so no forced snapshots of its state). What is shrunk, on both sides: the data (generated; --images
 training images, default 1000: about a second of one core's work, as in Ray's own one-second-trial
 benchmark; 100 validation, 100 test), one epoch, and model.width 0.125 (73 k parameters instead of
 4.6 M: a checkpoint is 1 MB, not 53). The minimum is trials x one trial's work (timed alone in this
@@ -34,13 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from ray_cluster import clean_env, free_port, start_node, stop_node  # noqa: E402
+from ray_cluster import NODE_PROCESSES, clean_env, free_port, node_processes, ray_workers, start_node, stop_node  # noqa: E402
 
 from cifar_files import write_cifar  # noqa: E402
 
 WIDTH = 0.125
-# Ray's own per-node processes, and workers its pool keeps warm: not anything a trial left behind.
-NODE_PROCESSES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE"}
 
 
 def child_env() -> dict[str, str]:
@@ -168,8 +167,10 @@ def side_bare(args: argparse.Namespace) -> dict:
     grid = tune.Tuner(
         tune.with_resources(tune.with_parameters(_bare_trainable, data=data), {"cpu": 1}),
         param_space={**base, "train": {**base["train"], "seed": tune.grid_search(list(range(args.trials)))}},
-        run_config=tune.RunConfig(name="bare", storage_path=str(args.out), callbacks=[first],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        # Tune's settings as cifar-tune sets them (a worker takes the next trial; every checkpoint
+        # kept, so no forced experiment-state snapshots): the difference is cifar-tune's machinery.
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(name="bare", storage_path=str(args.out), callbacks=[first]),
     ).fit()
     wall = time.perf_counter() - start
     done = sum(r.error is None for r in grid)
@@ -270,25 +271,6 @@ def process_kind(title: str) -> str:
     return next((kind for prefix, kind in KINDS if title.startswith(prefix)), "Ray's daemons")
 
 
-def _proc_table() -> list[tuple[int, int, str, float]]:
-    """Every process as (pid, ppid, command line, CPU seconds of it and its reaped children), from
-    /proc (Linux, as the simulated cluster is)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    rows = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone since the listing
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
-        cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick  # utime, stime, cutime, cstime
-        rows.append((int(entry.name), int(fields[1]), cmdline or stat[stat.index("(") + 1:stat.rindex(")")], cpu))
-    return rows
-
-
 class RayCensus:
     """Watches this cluster's nodes every half second (the processes whose command line names a
     node's temp dir, and their descendants: Ray workers, wandb-core) and the driver's process:
@@ -311,23 +293,11 @@ class RayCensus:
 
     def _processes(self) -> list[tuple[int, int, str, float]]:
         """(pid, ppid, command line, CPU seconds) of the nodes' and the driver's process trees."""
-        procs = _proc_table()
-        children: dict[int, list] = {}
-        for row in procs:
-            children.setdefault(row[1], []).append(row)
-        stack = [row for row in procs if row[0] == self.driver or any(node in row[2] for node in self.nodes)]
-        tree: dict[int, tuple] = {}
-        while stack:
-            row = stack.pop()
-            if row[0] not in tree:
-                tree[row[0]] = row
-                stack.extend(children.get(row[0], []))
-        return list(tree.values())
+        return node_processes(self.nodes, also=self.driver)
 
     def now(self, processes: list[tuple[int, int, str, float]] | None = None) -> Counter:
-        """Ray workers alive now (or among `processes`), by title."""
-        return Counter(title.split()[0] for _, ppid, title, _ in (processes or self._processes())
-                       if title.startswith("ray::") and ppid != self.driver)
+        """Ray workers alive now (or among `processes`), by title; not the driver's own."""
+        return ray_workers([row for row in (processes or self._processes()) if row[1] != self.driver])
 
     def _look(self, count: bool = True) -> list[tuple[int, int, str, float]]:
         """Put each process's CPU since the last look on its kind; returns the processes seen."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -103,6 +104,51 @@ def stop_node(temp_dir: str) -> None:
     if owners or children:
         subprocess.run(["kill", "-9", *owners, *children], capture_output=True)
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# Ray's own per-node processes, and workers its pool keeps warm: not anything a run left behind.
+NODE_PROCESSES = {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::IDLE"}
+
+
+def process_table() -> list[tuple[int, int, str, float]]:
+    """Every process as (pid, ppid, command line, CPU seconds of it and its reaped children), from
+    /proc (Linux, as the simulated clusters are)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    rows = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone since the listing
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
+        cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick  # utime, stime, cutime, cstime
+        rows.append((int(entry.name), int(fields[1]), cmdline or stat[stat.index("(") + 1:stat.rindex(")")], cpu))
+    return rows
+
+
+def node_processes(nodes: list[str], also: int | None = None) -> list[tuple[int, int, str, float]]:
+    """process_table()'s rows of these nodes (the processes whose command line names a node's temp
+    dir) and of their descendants (Ray workers, wandb-core), and of process `also` and its own."""
+    procs = process_table()
+    children: dict[int, list] = {}
+    for row in procs:
+        children.setdefault(row[1], []).append(row)
+    stack = [row for row in procs if row[0] == also or any(node in row[2] for node in nodes)]
+    tree: dict[int, tuple] = {}
+    while stack:
+        row = stack.pop()
+        if row[0] not in tree:
+            tree[row[0]] = row
+            stack.extend(children.get(row[0], []))
+    return list(tree.values())
+
+
+def ray_workers(processes: list[tuple[int, int, str, float]]) -> Counter:
+    """Ray worker processes among `processes`, by title (ray::ImplicitFunc.train, ray::IDLE, ...)."""
+    return Counter(title.split()[0] for _, _, title, _ in processes if title.startswith("ray::"))
 
 
 def submit_job(dashboard_port: int, working_dir: Path, command: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
