@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from ray_cluster import clean_env, free_port, start_node, stop_node, submit_job
+from ray_cluster import clean_env, free_port, node_processes, ray_workers, start_node, stop_node, submit_job
 from s3_server import SECRET, client, objects, s3_env, s3_server
 
 from cifar_tune.orchestrator.cli import main
@@ -218,13 +218,20 @@ def test_ray_job_submit_to_two_nodes_with_storage_on_s3(s3: str, tiny_raw, tmp_p
             stop_node(temp_dir)
 
 
-def _first_epoch_nodes(endpoint: str, prefix: str) -> dict[str, str]:
-    """{trial folder: node id of its first reported epoch}, read from the trials' result.json on S3."""
-    nodes = {}
-    for key, content in objects(endpoint, "bars", prefix).items():
-        if key.endswith("/result.json") and content.strip():
-            nodes[key.split("/")[-2]] = json.loads(content.splitlines()[0])["node_id"]
-    return nodes
+def _checkpointed_trials(endpoint: str, prefix: str) -> set[str]:
+    """Trial folders with a checkpoint in the bucket. A trial uploads each checkpoint itself as it
+    reports; its result.json reaches the bucket only with Tune's periodic save, seconds later (on a
+    busy machine, after a ten-epoch trial may have ended)."""
+    s3 = client(endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bars", Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {parts[i - 1] for parts in (key.split("/") for key in keys)
+            for i, part in enumerate(parts) if i > 0 and part.startswith("checkpoint_")}
+
+
+def _trial_running_on(node: str) -> bool:
+    """Whether a trial's worker (Tune's ray::ImplicitFunc actor) is alive on this node."""
+    return any(title.startswith("ray::ImplicitFunc") for title in ray_workers(node_processes([node])))
 
 
 @pytest.mark.slow
@@ -250,7 +257,9 @@ def test_a_worker_node_lost_mid_trial_the_trial_finishes_on_the_other(s3: str, t
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=clean_env(**s3_env(s3), CIFAR_TUNE_FAULTS=json.dumps(PAUSE)))  # time to kill
         deadline = time.monotonic() + 300
-        while len(set(_first_epoch_nodes(s3, "nodeloss/tiny/").values())) < 2:  # one trial on each node
+        # Both trials checkpointed and one still training on the worker node: two one-CPU trials
+        # that run at once run one on each node, and the worker's has a checkpoint to go on from.
+        while len(_checkpointed_trials(s3, "nodeloss/tiny/")) < 2 or not _trial_running_on(worker):
             assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:] if run.stderr else ""
             time.sleep(0.3)
         raylet = subprocess.run(["pgrep", "-f", f"raylet.*{worker}"], capture_output=True, text=True).stdout.split()
