@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from ray_cluster import NODE_PROCESSES, clean_env, free_port, node_processes, ray_workers, start_node, stop_node  # noqa: E402
+from ray_cluster import clean_env, free_port, left_by_a_run, node_processes, ray_workers, start_node, stop_node  # noqa: E402
 
 from cifar_files import write_cifar  # noqa: E402
 
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
               f"first result after {f['first_result_s']:.1f} s; driver {f['driver_cpu_s']:.1f} CPU s, peak RSS "
               f"{f['driver_peak_rss_mb']:.0f} MB; {f['bytes_per_trial'] / 1024**2:.2f} MB written per trial; "
               f"{f['trials_done']}/{args.trials} trials done")
-        left = {name: n for name, n in f["ray_processes_after"].items() if name not in NODE_PROCESSES}
+        left = left_by_a_run(Counter(f["ray_processes_after"]))
         print(f"  Ray processes at the peak: {f['ray_processes_peak']}; left by the run: {left or 'none'}")
         cpu = f["cpu_s_by_kind"]
         print(f"  CPU by kind ({sum(cpu.values()):.0f} CPU s in all; per trial): "

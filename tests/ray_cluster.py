@@ -151,6 +151,12 @@ def ray_workers(processes: list[tuple[int, int, str, float]]) -> Counter:
     return Counter(title.split()[0] for _, _, title, _ in processes if title.startswith("ray::"))
 
 
+def left_by_a_run(workers: Counter) -> dict[str, int]:
+    """Those of ray_workers()' titles that are not the nodes' own (NODE_PROCESSES): after a run has
+    ended, what it left behind (a trial's actor, the W&B logger, the ledger, an export)."""
+    return {title: n for title, n in workers.items() if title not in NODE_PROCESSES}
+
+
 def submit_job(dashboard_port: int, working_dir: Path, command: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir DIR -- COMMAND`, as the README shows; waits for the job to end.
     The dashboard's job server, and then its job agent, come up seconds after `ray start` returns

@@ -55,14 +55,18 @@ def client(endpoint: str):  # noqa: ANN201 (a boto3 client)
                         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
 
 
+def object_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    """The key of every object under `prefix` (listed, not read)."""
+    pages = client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
 def objects(endpoint: str, bucket: str, prefix: str = "") -> dict[str, bytes]:
     """Every object under `prefix`: {key: content}. Read while a run writes, a key listed may be gone
     by the time it is fetched (Tune replaces its state, drops old checkpoints): it is left out."""
     s3 = client(endpoint)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
     found = {}
-    for key in keys:
+    for key in object_keys(endpoint, bucket, prefix):
         try:
             found[key] = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except s3.exceptions.NoSuchKey:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pytest
 import yaml
-from ray_cluster import NODE_PROCESSES, RAY, clean_env, free_port, node_processes, ray_workers, start_node, stop_node
+from ray_cluster import RAY, clean_env, free_port, left_by_a_run, node_processes, ray_workers, start_node, stop_node
 
 from cifar_tune.orchestrator.cli import main
 
@@ -98,10 +98,8 @@ class Nodes(NamedTuple):
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}" for log in logs)
 
     def run_leftovers(self) -> dict[str, int]:
-        """Ray workers on the nodes that are not the nodes' own (agents, pooled idle workers): what
-        a finished run left behind (a trial's actor, the W&B logger, the ledger, an export)."""
-        workers = ray_workers(node_processes(self.dirs))
-        return {title: n for title, n in workers.items() if title not in NODE_PROCESSES}
+        """Ray workers on the nodes that a finished run left behind (ray_cluster.left_by_a_run)."""
+        return left_by_a_run(ray_workers(node_processes(self.dirs)))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from ray_cluster import clean_env, free_port, node_processes, ray_workers, start_node, stop_node, submit_job
-from s3_server import SECRET, client, objects, s3_env, s3_server
+from s3_server import SECRET, client, object_keys, objects, s3_env, s3_server
 
 from cifar_tune.orchestrator.cli import main
 from cifar_tune.storage import Location
@@ -222,10 +222,7 @@ def _checkpointed_trials(endpoint: str, prefix: str) -> set[str]:
     """Trial folders with a checkpoint in the bucket. A trial uploads each checkpoint itself as it
     reports; its result.json reaches the bucket only with Tune's periodic save, seconds later (on a
     busy machine, after a ten-epoch trial may have ended)."""
-    s3 = client(endpoint)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bars", Prefix=prefix)
-            for o in page.get("Contents", [])]
-    return {parts[i - 1] for parts in (key.split("/") for key in keys)
+    return {parts[i - 1] for parts in (key.split("/") for key in object_keys(endpoint, "bars", prefix))
             for i, part in enumerate(parts) if i > 0 and part.startswith("checkpoint_")}
 
 
