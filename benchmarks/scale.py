@@ -9,7 +9,10 @@ cifar-tune's side is the real thing: the trainable, the device ledger, the expor
 and onnx_fp32 with parity, latency timed once), W&B offline, results.csv, then `analyze`. Bare
 Tune's side: a function trainable that builds the same Trainer, trains the same epoch, tests, saves
 one checkpoint, with no callbacks, under the Tune settings cifar-tune chooses (`reuse_actors`; Tune
-keeps every checkpoint, so no forced snapshots of its state). What is shrunk, on both sides: the data (generated; --images
+keeps every checkpoint, so no forced snapshots of its state). `--sides bare-work` adds bare Tune whose
+trials also do cifar-tune's post-trial work themselves (the same export and parity, one W&B offline
+run each): what the work costs where a plain Tune user would put it, in the trial's own slot.
+What is shrunk, on every side: the data (generated; --images
 training images, default 1000: about a second of one core's work, as in Ray's own one-second-trial
 benchmark; 100 validation, 100 test), one epoch, and model.width 0.125 (73 k parameters instead of
 4.6 M: a checkpoint is 1 MB, not 53). The minimum is trials x one trial's work (timed alone in this
@@ -138,7 +141,11 @@ def trial_work(train_cfg, model_cfg, data, folder: str) -> dict:
     return metrics
 
 
-def _bare_trainable(config: dict, data) -> None:
+def _bare_trainable(config: dict, data, export_cache: str | None = None) -> None:
+    """Bare Tune's trial: `trial_work`, one report. With `export_cache` (the side "bare-work"), the
+    trial also does cifar-tune's post-trial work itself, as a plain Tune user would write it: the same
+    export and parity (cifar_tune.bench, with the run's export cache) and one W&B offline run (Ray's
+    `setup_wandb`), in its own worker and slot."""
     from ray import tune
 
     from cifar_tune.config import ModelConfig, TrainConfig
@@ -146,37 +153,70 @@ def _bare_trainable(config: dict, data) -> None:
     with tempfile.TemporaryDirectory() as folder:
         metrics = trial_work(TrainConfig.model_validate(config["train"]), ModelConfig.model_validate(config["model"]),
                              data, folder)
+        if export_cache:
+            _work_after_training(config, data, folder, export_cache, metrics)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def side_bare(args: argparse.Namespace) -> dict:
+def _work_after_training(config: dict, data, folder: str, export_cache: str, metrics: dict) -> None:
+    import torch
+    import wandb
+    from ray import tune
+    from ray.air.integrations.wandb import setup_wandb
+
+    from cifar_tune.bench import bench_checkpoint
+    from cifar_tune.config import ExportConfig
+    from cifar_tune.names import EXPORT_DIR
+    from cifar_tune.storage import Location
+
+    export = ExportConfig.model_validate(config["export"])
+    out = Path(tune.get_context().get_trial_dir()) / EXPORT_DIR
+    result = bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: export.calibration_images],
+                              export, device=torch.device("cpu"), threads=1, timed=False,
+                              export_cache=Location.of(export_cache))
+    metrics["variants_within_parity"] = sum(row.get("status") == "ok" for row in result["parity"])
+    # The installed packages listed with one run only, as cifar-tune's logger does (0.2 CPU-s a run).
+    run = setup_wandb(config, project="scale", mode="offline", dir=str(Path(export_cache).parent),
+                      settings=wandb.Settings(x_save_requirements=config["train"]["seed"] == 0))
+    run.log(metrics)
+    run.finish()
+
+
+def side_bare(args: argparse.Namespace, work: bool = False) -> dict:
     import ray
     from ray import tune
 
     from cifar_tune.config import validate_config
     from cifar_tune.data import load_data
+    from cifar_tune.names import EXPORT_CACHE_DIR
     from cifar_tune.orchestrator.cluster import use_token_auth_if_available
 
-    config = validate_config(study_config("bare", args.out, args.data, args.trials, args.address, args.images))
+    name = "bare-work" if work else "bare"
+    config = validate_config(study_config(name, args.out, args.data, args.trials, args.address, args.images))
     use_token_auth_if_available()  # as `ray.init` of a driver joining a token cluster needs
-    ray.init(address=args.address, log_to_driver=False)
+    # W&B offline in the trials' environment, as a plain Tune user sets it (Ray's setup_wandb asks for
+    # an API key otherwise).
+    env = {"env_vars": {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}} if work else None
+    ray.init(address=args.address, log_to_driver=False, runtime_env=env)
     data = load_data(config.data)
+    cache = str(Path(args.out) / name / EXPORT_CACHE_DIR) if work else None
     first = FirstResult()
     base = config.model_dump(mode="json")
     start = time.perf_counter()
     grid = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_bare_trainable, data=data), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(_bare_trainable, data=data, export_cache=cache), {"cpu": 1}),
         param_space={**base, "train": {**base["train"], "seed": tune.grid_search(list(range(args.trials)))}},
         # Tune's settings as cifar-tune sets them (a worker takes the next trial; every checkpoint
         # kept, so no forced experiment-state snapshots): the difference is cifar-tune's machinery.
         tune_config=tune.TuneConfig(reuse_actors=True),
-        run_config=tune.RunConfig(name="bare", storage_path=str(args.out), callbacks=[first]),
+        run_config=tune.RunConfig(name=name, storage_path=str(args.out), callbacks=[first]),
     ).fit()
     wall = time.perf_counter() - start
     done = sum(r.error is None for r in grid)
+    exported = sum((r.metrics or {}).get("variants_within_parity") == len(config.export.variants) for r in grid)
     ray.shutdown()
-    return {"wall_s": wall, **_result_times(first, start), **_usage(),
-            "trials_done": done, "folder": str(Path(args.out) / "bare")}
+    return {"wall_s": wall, **_result_times(first, start), **_usage(), "trials_done": done,
+            **({"exports": exported} if work else {}), "folder": str(Path(args.out) / name)}
 
 
 def one_trial_alone(args: argparse.Namespace) -> dict:
@@ -211,7 +251,9 @@ def one_trial_alone(args: argparse.Namespace) -> dict:
     return {"trial_s": min(times), "export_s": min(export_times[1:]), "first_export_s": export_times[0]}
 
 
-SIDES = {"cifar-tune": side_cifar_tune, "bare": side_bare, "alone": one_trial_alone}
+SIDES = {"cifar-tune": side_cifar_tune, "bare": side_bare, "bare-work": lambda args: side_bare(args, work=True),
+         "alone": one_trial_alone}
+DRIVERS = ("bare", "bare-work", "cifar-tune")  # the sides that run a study on the cluster, in this order
 
 
 # --------------------------------------------------------------------------- the parent
@@ -364,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume-check", action="store_true",
                         help="also interrupt a third run halfway and time `cifar-tune resume`")
     parser.add_argument("--sides", default="bare,cifar-tune",
-                        help="which drivers to run, comma-separated (default both: bare,cifar-tune); one side "
-                             "alone prints its overhead over the minimum but no ratio to the other")
+                        help="which drivers to run, comma-separated (default: bare,cifar-tune; also bare-work: "
+                             "bare Tune whose trials export and log to W&B themselves); a side alone prints "
+                             "its overhead over the minimum but no ratio to another")
     parser.add_argument("--smoke-test", action="store_true", help="2 short trials on 1 node")
     parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
@@ -378,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.trials, args.nodes, args.images = 2, 1, 64
     chosen = [side.strip() for side in args.sides.split(",") if side.strip()]
-    unknown = [side for side in chosen if side not in ("bare", "cifar-tune")]
+    unknown = [side for side in chosen if side not in DRIVERS]
     if unknown or not chosen:
-        parser.error(f"--sides {args.sides!r}: choose from bare, cifar-tune (got {unknown or 'nothing'})")
+        parser.error(f"--sides {args.sides!r}: choose from {', '.join(DRIVERS)} (got {unknown or 'nothing'})")
     if args.resume_check and "cifar-tune" not in chosen:
         parser.error("--resume-check resumes cifar-tune's run: --sides must include cifar-tune")
     for flag, value in (("--trials", args.trials), ("--nodes", args.nodes), ("--cpus-per-node", args.cpus_per_node),
@@ -407,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.nodes - 1):
             nodes.append(start_node(port, head=False, cpus=args.cpus_per_node))
         address = f"127.0.0.1:{port}"
-        sides = {side: run_side(side, args, address, nodes) for side in ("bare", "cifar-tune") if side in chosen}
+        sides = {side: run_side(side, args, address, nodes) for side in DRIVERS if side in chosen}
         resumed = resume_check(args, address) if args.resume_check else None
     finally:
         for node in reversed(nodes):
@@ -418,10 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     with_exports = args.trials * (alone["trial_s"] + alone["export_s"]) / slots
     print(f"one export alone {alone['export_s']:.2f} s (the first, which exports the shared ONNX graph: "
           f"{alone['first_export_s']:.2f} s); minimum with exports {with_exports:.1f} s "
-          f"(cifar-tune's side also exports each trial)")
+          f"(cifar-tune's side and bare-work's also export each trial)")
     for side, f in sides.items():
-        if side == "cifar-tune":
-            print(f"cifar-tune: overhead {100 * (f['wall_s'] / with_exports - 1):.0f}% over the minimum with exports")
+        if side in ("cifar-tune", "bare-work"):
+            print(f"{side}: overhead {100 * (f['wall_s'] / with_exports - 1):.0f}% over the minimum with exports")
         print(f"{side}: wall {f['wall_s']:.1f} s, overhead {100 * (f['wall_s'] / minimum - 1):.0f}% over the minimum; "
               f"first result after {f['first_result_s']:.1f} s; driver {f['driver_cpu_s']:.1f} CPU s, peak RSS "
               f"{f['driver_peak_rss_mb']:.0f} MB; {f['bytes_per_trial'] / 1024**2:.2f} MB written per trial; "
@@ -435,10 +478,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                      key=lambda item: item[1]))
         print(f"  after the run's start: first result {f['first_result_s']:.1f} s, last result "
               f"{f['last_result_s']:.1f} s, run over {f['wall_s']:.1f} s; last busy: {busy}")
-    ct, bare = sides.get("cifar-tune"), sides.get("bare")
-    if ct and bare:
-        print(f"cifar-tune over bare Tune: {100 * (ct['wall_s'] / bare['wall_s'] - 1):.0f}% "
-              f"({100 * (ct['wall_s'] - bare['wall_s']) / minimum:.0f} points of the minimum)")
+    ct = sides.get("cifar-tune")
+    for other, what in (("bare", "bare Tune"), ("bare-work", "bare Tune with the work in its trials")):
+        if ct and other in sides:
+            wall = sides[other]["wall_s"]
+            print(f"cifar-tune over {what}: {100 * (ct['wall_s'] / wall - 1):.0f}% "
+                  f"({100 * (ct['wall_s'] - wall) / minimum:.0f} points of the minimum)")
+    if "bare-work" in sides:
+        print(f"bare-work: {sides['bare-work']['exports']} trials exported with every variant within parity")
     if ct:
         print(f"cifar-tune: {ct['exports']} exports; results.csv {ct['results_csv_s']:.2f} s, "
               f"analyze {ct['analyze_s']:.1f} s")
@@ -450,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "minimum_with_exports_s": with_exports, **sides,
                                                        "resume": resumed}, indent=1))
     scratch.cleanup()  # empty unless --out was not given
-    ok = all(f["trials_done"] == args.trials for f in sides.values()) and (not ct or ct["exports"] == args.trials)
+    ok = all(f["trials_done"] == args.trials and f.get("exports", args.trials) == args.trials for f in sides.values())
     ok = ok and (not resumed or (resumed["rerun"] == 0 and resumed["terminated"] == resumed["unique_trials"]
                                  == resumed["rows"] == args.trials))
     return 0 if ok else 1
