@@ -2,7 +2,7 @@
 Ray Tune doing the same training on the same cluster, and the theoretical minimum.
 
     python benchmarks/scale.py --trials 100 --nodes 8 --out /tmp/scale
-    python benchmarks/scale.py --smoke-test            # 2 trials on 1 node, about a minute (CI runs it)
+    python benchmarks/scale.py --smoke-test            # 2 trials on 1 node, about a minute (CI: --sides bare-work,cifar-tune)
     python benchmarks/scale.py --trials 1000 --nodes 8 --sides cifar-tune   # one side (about 10 minutes here)
 
 cifar-tune's side is the real thing: the trainable, the device ledger, the export hook (eager_fp32

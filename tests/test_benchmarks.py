@@ -71,17 +71,18 @@ def test_study_wall_smoke_test() -> None:
 
 @pytest.mark.slow
 def test_scale_smoke_test() -> None:
-    """A `ray start` node, then bare Tune, bare Tune whose trials do the post-trial work themselves,
-    and cifar-tune's whole run on it, each in a child process."""
-    out = _run("scale.py", "--smoke-test", "--sides", "bare,bare-work,cifar-tune", timeout=600)
-    assert out.count("% over the minimum;") == 3 and out.count("2/2 trials done") == 3 and "2 exports" in out
-    assert "one export alone " in out and out.count("% over the minimum with exports") == 2  # the sides that export
+    """A `ray start` node, then bare Tune whose trials also do the post-trial work (the bare trainable
+    plus the export and W&B run; plain bare Tune is the same trainable without them) and cifar-tune's
+    whole run on it, each in a child process."""
+    out = _run("scale.py", "--smoke-test", "--sides", "bare-work,cifar-tune", timeout=600)
+    assert out.count("% over the minimum;") == 2 and out.count("2/2 trials done") == 2 and "2 exports" in out
+    assert "one export alone " in out and out.count("% over the minimum with exports") == 2  # both sides export
     assert "bare-work: 2 trials exported with every variant within parity" in out
-    assert out.count("left by the run: none") == 3, out  # no trial's actor, W&B queue or ledger outlives the run
+    assert out.count("left by the run: none") == 2, out  # no trial's actor, W&B queue or ledger outlives the run
     assert "results.csv " in out and "analyze " in out
-    assert "cifar-tune over bare Tune: " in out and "cifar-tune over bare Tune with the work in its trials: " in out
+    assert "cifar-tune over bare Tune with the work in its trials: " in out
     # where each side's CPU went, by what its processes were doing, and when each kind was last busy
-    assert out.count("CPU by kind (") == 3 and out.count("trial actors ") >= 3 and out.count("last busy: ") == 3, out
+    assert out.count("CPU by kind (") == 2 and out.count("trial actors ") >= 2 and out.count("last busy: ") == 2, out
 
 
 def test_scale_census_names_each_process_by_what_it_runs(monkeypatch) -> None:
