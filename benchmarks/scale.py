@@ -141,6 +141,20 @@ def trial_work(train_cfg, model_cfg, data, folder: str) -> dict:
     return metrics
 
 
+def export_work(folder: str, out: str | Path, data, export, cache_dir: str) -> dict:
+    """One trial's export, the same in bare-work's trials and in the minimum's unit: the study's
+    variants built from the checkpoint in `folder` into `out` and parity-checked, untimed as the
+    hook does, with the run's export cache in `cache_dir` (after the first, an export writes its
+    weights into the first one's ONNX graph). Returns bench_checkpoint's result."""
+    import torch
+
+    from cifar_tune.bench import bench_checkpoint
+    from cifar_tune.storage import Location
+
+    return bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: export.calibration_images], export,
+                            device=torch.device("cpu"), threads=1, timed=False, export_cache=Location.of(cache_dir))
+
+
 def _bare_trainable(config: dict, data, export_cache: str | None = None) -> None:
     """Bare Tune's trial: `trial_work`, one report. With `export_cache` (the side "bare-work"), the
     trial also does cifar-tune's post-trial work itself, as a plain Tune user would write it: the same
@@ -159,21 +173,15 @@ def _bare_trainable(config: dict, data, export_cache: str | None = None) -> None
 
 
 def _work_after_training(config: dict, data, folder: str, export_cache: str, metrics: dict) -> None:
-    import torch
     import wandb
     from ray import tune
     from ray.air.integrations.wandb import setup_wandb
 
-    from cifar_tune.bench import bench_checkpoint
     from cifar_tune.config import ExportConfig
     from cifar_tune.names import EXPORT_DIR
-    from cifar_tune.storage import Location
 
-    export = ExportConfig.model_validate(config["export"])
     out = Path(tune.get_context().get_trial_dir()) / EXPORT_DIR
-    result = bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: export.calibration_images],
-                              export, device=torch.device("cpu"), threads=1, timed=False,
-                              export_cache=Location.of(export_cache))
+    result = export_work(folder, out, data, ExportConfig.model_validate(config["export"]), export_cache)
     metrics["variants_within_parity"] = sum(row.get("status") == "ok" for row in result["parity"])
     # The installed packages listed with one run only, as cifar-tune's logger does (0.2 CPU-s a run).
     run = setup_wandb(config, project="scale", mode="offline", dir=str(Path(export_cache).parent),
@@ -221,31 +229,25 @@ def side_bare(args: argparse.Namespace, work: bool = False) -> dict:
 
 def one_trial_alone(args: argparse.Namespace) -> dict:
     """One trial's work (build, train the epoch, test, save) in this process, on one thread as a
-    1-CPU trial gets: the minimum's unit. Also its export alone (cifar-tune's post-trial work: the
-    study's variants built and parity-checked, untimed as the hook does, with an export cache as the
-    run's: every export after the first writes its weights into the first one's ONNX graph), for
-    the minimum with exports."""
+    1-CPU trial gets: the minimum's unit. Also its export alone (`export_work`, cifar-tune's
+    post-trial work), for the minimum with exports."""
     import torch
 
-    from cifar_tune.bench import bench_checkpoint
     from cifar_tune.config import validate_config
     from cifar_tune.data import load_data
-    from cifar_tune.storage import Location
 
     config = validate_config(study_config("alone", args.out, args.data, 1, None, args.images))
     data = load_data(config.data)
     torch.set_num_threads(1)
     times, export_times = [], []
     with tempfile.TemporaryDirectory(prefix="scale-export-cache-") as cache_dir:
-        cache = Location.of(cache_dir)
         for seed in range(3):
             with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()
                 trial_work(config.train.model_copy(update={"seed": seed}), config.model, data, folder)
                 times.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                bench_checkpoint(folder, out, data.test_x, data.test_y, data.train_x[: config.export.calibration_images],
-                                 config.export, device=torch.device("cpu"), threads=1, timed=False, export_cache=cache)
+                export_work(folder, out, data, config.export, cache_dir)
                 export_times.append(time.perf_counter() - start)
     # The minimum's units: the fastest trial, and the fastest export of those after the first.
     return {"trial_s": min(times), "export_s": min(export_times[1:]), "first_export_s": export_times[0]}
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{alone['first_export_s']:.2f} s); minimum with exports {with_exports:.1f} s "
           f"(cifar-tune's side and bare-work's also export each trial)")
     for side, f in sides.items():
-        if side in ("cifar-tune", "bare-work"):
+        if "exports" in f:  # the sides that also export each trial
             print(f"{side}: overhead {100 * (f['wall_s'] / with_exports - 1):.0f}% over the minimum with exports")
         print(f"{side}: wall {f['wall_s']:.1f} s, overhead {100 * (f['wall_s'] / minimum - 1):.0f}% over the minimum; "
               f"first result after {f['first_result_s']:.1f} s; driver {f['driver_cpu_s']:.1f} CPU s, peak RSS "
