@@ -20,12 +20,15 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import pandas as pd
 import pyarrow.fs as pafs
 
 from cifar_tune.errors import CifarTuneError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class StorageError(CifarTuneError):
@@ -124,6 +127,8 @@ class Location:
 
     def read_csv(self, name: str) -> pd.DataFrame:
         """A CSV table that may not exist yet (or holds only an empty header): empty DataFrame then."""
+        import pandas as pd  # here, not at the top: an export worker reads no CSV and would pay 0.2 CPU-s for it
+
         info = self._info(name)
         if info.type != pafs.FileType.File or (info.size or 0) <= 1:
             return pd.DataFrame()

@@ -20,7 +20,7 @@ LAYERS = [
     ("cli", ["cifar_tune", "cifar_tune.orchestrator.cli"]),  # the package root is the API facade
     ("orchestrator", ["cifar_tune.orchestrator"]),
     ("analysis", ["cifar_tune.analysis"]),
-    ("bench/export", ["cifar_tune.bench", "cifar_tune.export"]),
+    ("bench/export", ["cifar_tune.bench", "cifar_tune.export", "cifar_tune.export_worker"]),
     ("trainables", ["cifar_tune.trainables", "cifar_tune.train", "cifar_tune.graphed_step"]),
     ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config", "cifar_tune.storage",
               "cifar_tune.search", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking", "cifar_tune.wandb_setup",
@@ -203,3 +203,18 @@ def test_old_module_paths_unpickle_while_lent_and_only_then() -> None:
     with old_module_paths():
         assert pickle.loads(old) == config
     assert "cifar_tune.orchestrator.config" not in sys.modules
+
+
+def test_an_export_worker_imports_only_what_exporting_needs() -> None:
+    """Ray imports a task's module in every worker that runs it, and a study starts one export
+    worker per slot: the export tasks' module must not bring Ray Tune, Ray Train (a Checkpoint
+    object would) or pandas, about 0.75 CPU-s more per worker (benchmarks/RESULTS.md, "Scale")."""
+    from cifar_tune.orchestrator.export_hook import export_on_cpu, export_on_gpu, time_on_node
+
+    assert {task._function.__module__ for task in (export_on_cpu, export_on_gpu, time_on_node)} == {"cifar_tune.export_worker"}
+    script = ("import json, sys, ray, cifar_tune.export_worker; "
+              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas' "
+              "or m.startswith(('ray.tune', 'ray.train', 'ray.data')))))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

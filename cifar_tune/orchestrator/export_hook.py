@@ -1,6 +1,7 @@
 """The post-trial hook (`ExportCallback`): when a trial completes, a Ray task exports its best
-weights and checks every variant's parity (cifar_tune.bench) while the experiment carries on;
-once every export is in, one trial's variants are timed once, on a node to itself.
+weights and checks every variant's parity (cifar_tune.export_worker, what the task runs) while the
+experiment carries on; once every export is in, one trial's variants are timed once, on a node to
+itself.
 
 Contract: an export never takes a slot a pending trial could use; the callback only launches tasks
 (Tune runs it in its driver loop) and waits for them in `on_experiment_end`, at most
@@ -14,65 +15,25 @@ from __future__ import annotations
 import json
 import math
 import posixpath
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
-import torch
 from pydantic import BaseModel
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cifar_tune.bench import bench_checkpoint, time_export
 from cifar_tune.config import ExperimentConfig, ExportConfig
 from cifar_tune.data import CifarData, load_data
 from cifar_tune.errors import short_error
-from cifar_tune.faults import ExportFault, current_faults, inject_export_fault
+from cifar_tune.export_worker import export_trial, time_trial_export
+from cifar_tune.faults import current_faults
 from cifar_tune.names import BENCH_CSV, EXPORT_CACHE_DIR, EXPORT_DIR, EXPORTS_JSON
 from cifar_tune.orchestrator.cluster import isolated_node
 from cifar_tune.search import SearchPlan, search_value
 from cifar_tune.storage import Location
 from cifar_tune.variants import VARIANTS
-
-
-def export_trial(checkpoint: tune.Checkpoint, out_uri: str, data: tuple[torch.Tensor, ...], settings: dict[str, Any],
-                 data_root: str | None, cache_uri: str | None = None, fault: ExportFault = None) -> dict[str, Any]:
-    """Runs on a worker: export and parity for one checkpoint, whose files Ray fetches from
-    storage; the export files go to `out_uri` (a folder or a cloud URI), compiled packages the
-    trials share to `cache_uri`. Device: what torch sees here. (`fault`: the tests', see faults.py.)"""
-    out = Location.of(out_uri)
-    inject_export_fault(fault, out)
-    config = ExportConfig.model_validate(settings)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-    threads = config.threads or max(1, int(config.cpus))
-    test_x, test_y, calibration_x = data
-    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory(prefix="cifar-tune-export-") as tmp:
-        folder = out.local_path if out.is_local else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        result = bench_checkpoint(checkpoint_dir, folder, test_x, test_y, calibration_x, config, device=device,
-                                  threads=threads, data_root=data_root, timed=False,
-                                  export_cache=Location.of(cache_uri) if cache_uri else None)
-        if not out.is_local:
-            out.upload(folder)
-    return result
-
-
-def time_trial_export(checkpoint: tune.Checkpoint, out_uri: str, settings: dict[str, Any], names: list[str],
-                      method: str, data_root: str | None, cache_uri: str | None = None) -> dict[str, Any]:
-    """Runs on a worker holding a node's CPUs (or a whole GPU): the latency of one exported trial's
-    variants `names`, from the files its export wrote to `out_uri`."""
-    config = ExportConfig.model_validate(settings)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-    threads = config.threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    out = Location.of(out_uri)
-    with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory(prefix="cifar-tune-time-") as tmp:
-        folder = out.local_path if out.is_local else out.download(Path(tmp))
-        return time_export(checkpoint_dir, folder, config, names, method.format(threads=threads), device=device,
-                           threads=threads, data_root=data_root, export_cache=Location.of(cache_uri) if cache_uri else None)
-
 
 # On a GPU, a fresh worker per export (max_calls=1), so a finished export's CUDA context leaves the
 # GPU; set in the decorator because Ray ignores max_calls given through .options() (ray issue
@@ -150,7 +111,7 @@ class ExportCallback(tune.Callback):
         self.queued: list[tuple[str, Any, dict[str, Any], float]] = []
         self._checked_at = -math.inf
         self.outcomes: dict[str, dict[str, Any]] = {}
-        self.sources: dict[str, tuple[Any, str]] = {}  # trial id -> (checkpoint, export folder URI)
+        self.sources: dict[str, tuple[str, str]] = {}  # trial id -> (checkpoint URI, export folder URI)
         self.latency: dict[str, Any] = {}  # the one timing of this run: {"bench": rows, ...} or {"error": ...}
         self.experiment_dir: Location | None = None  # where Tune really writes, learnt from the trials
         self.faults = current_faults()  # what the tests inject (cifar_tune/faults.py): none otherwise
@@ -196,11 +157,12 @@ class ExportCallback(tune.Callback):
         export = self.export_settings()
         gpus = export_gpus(self.config)
         task = export_on_gpu if gpus > 0 else export_on_cpu
+        checkpoint_uri = Location.of(self.config.storage_path).at(checkpoint.path).uri
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
-            checkpoint, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
+            checkpoint_uri, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
             self.config.data.root, (self.experiment_dir / EXPORT_CACHE_DIR).uri, self.faults.export_fault(train.get("seed")))
         self.queued.append((trial.trial_id, launch, row, gpus))
-        self.sources[trial.trial_id] = (checkpoint, (trial_dir / EXPORT_DIR).uri)
+        self.sources[trial.trial_id] = (checkpoint_uri, (trial_dir / EXPORT_DIR).uri)
         self.launch_ready(trials, force_check=True)
 
     def export_settings(self) -> ExportConfig:
@@ -277,7 +239,7 @@ class ExportCallback(tune.Callback):
         if not exported:
             return
         trial_id = exported[0]
-        checkpoint, out_uri = self.sources[trial_id]
+        checkpoint_uri, out_uri = self.sources[trial_id]
         names = [row["variant"] for row in self.outcomes[trial_id]["result"].get("variants", [])]
         export = self.export_settings()
         gpus = 1.0 if export_gpus(self.config) > 0 else 0.0
@@ -289,7 +251,7 @@ class ExportCallback(tune.Callback):
         task = time_on_node.options(num_cpus=cpus, num_gpus=gpus,
                                     scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
         cache = (self.experiment_dir / EXPORT_CACHE_DIR).uri if self.experiment_dir is not None else None
-        ref = task.remote(checkpoint, out_uri, export.model_dump(), names, method, self.config.data.root, cache)
+        ref = task.remote(checkpoint_uri, out_uri, export.model_dump(), names, method, self.config.data.root, cache)
         ready, _ = ray.wait([ref], timeout=timeout_s)
         if not ready:
             ray.cancel(ref, force=True)
