@@ -180,11 +180,13 @@ def _work_after_training(config: dict, data, folder: str, export_cache: str, met
     from cifar_tune.config import ExportConfig
     from cifar_tune.names import EXPORT_DIR
 
-    out = Path(tune.get_context().get_trial_dir()) / EXPORT_DIR
-    result = export_work(folder, out, data, ExportConfig.model_validate(config["export"]), export_cache)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    result = export_work(folder, trial_dir / EXPORT_DIR, data, ExportConfig.model_validate(config["export"]), export_cache)
     metrics["variants_within_parity"] = sum(row.get("status") == "ok" for row in result["parity"])
     # The installed packages listed with one run only, as cifar-tune's logger does (0.2 CPU-s a run).
-    run = setup_wandb(config, project="scale", mode="offline", dir=str(Path(export_cache).parent),
+    # Each run in its trial's folder: runs finishing at once in one shared folder race on its
+    # wandb-resume.json (one trial in about 4,000 failed so, in run.finish()).
+    run = setup_wandb(config, project="scale", mode="offline", dir=str(trial_dir),
                       settings=wandb.Settings(x_save_requirements=config["train"]["seed"] == 0))
     run.log(metrics)
     run.finish()
