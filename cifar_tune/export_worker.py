@@ -5,8 +5,8 @@ export folder there, so they run on any node.
 
 Contract: this module imports only what exporting needs. Ray imports a task's module in every
 worker that runs it, and a study starts one export worker per slot once its trials are done:
-Ray Tune (which the checkpoint object would bring) and pandas would cost each of them about 0.75
-CPU-s more (benchmarks/RESULTS.md, "Scale"). So the checkpoint travels as a URI, not a
+Ray Tune, Ray Train (which a checkpoint object would bring) and pandas would cost each of them
+about 0.8 CPU-s more (benchmarks/RESULTS.md, "Scale"). So the checkpoint travels as a URI, not a
 `ray.train.Checkpoint`.
 """
 

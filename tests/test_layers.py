@@ -208,7 +208,7 @@ def test_old_module_paths_unpickle_while_lent_and_only_then() -> None:
 def test_an_export_worker_imports_only_what_exporting_needs() -> None:
     """Ray imports a task's module in every worker that runs it, and a study starts one export
     worker per slot: the export tasks' module must not bring Ray Tune, Ray Train (a Checkpoint
-    object would) or pandas, about 0.75 CPU-s more per worker (benchmarks/RESULTS.md, "Scale")."""
+    object would) or pandas, about 0.8 CPU-s more per worker (benchmarks/RESULTS.md, "Scale")."""
     from cifar_tune.orchestrator.export_hook import export_on_cpu, export_on_gpu, time_on_node
 
     assert {task._function.__module__ for task in (export_on_cpu, export_on_gpu, time_on_node)} == {"cifar_tune.export_worker"}
