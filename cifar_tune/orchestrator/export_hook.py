@@ -149,20 +149,21 @@ class ExportCallback(tune.Callback):
             return  # stopped early by the scheduler: no final weights to export
         train = trial.config.get("train", {})
         # The trial's own folder tells where this run writes, even for an experiment moved since;
-        # trial.path is a path on the storage's filesystem (for s3://bucket/x: bucket/x/...).
+        # trial.path is a path on the storage's filesystem (for s3://bucket/x: bucket/x/...), as is
+        # the checkpoint's: the task gets both as URIs (see cifar_tune/export_worker.py).
         trial_dir = Location.of(self.config.storage_path).at(trial.path)
         self.experiment_dir = trial_dir.at(posixpath.dirname(trial.path))
+        checkpoint_uri, out_uri = trial_dir.at(checkpoint.path).uri, (trial_dir / EXPORT_DIR).uri
         row = {"trial_id": trial.trial_id, "precision": train.get("precision"),
                **{c: search_value(trial.config, c) for c in self.search_columns}}
         export = self.export_settings()
         gpus = export_gpus(self.config)
         task = export_on_gpu if gpus > 0 else export_on_cpu
-        checkpoint_uri = Location.of(self.config.storage_path).at(checkpoint.path).uri
         launch = lambda: task.options(num_cpus=export.cpus, num_gpus=gpus).remote(  # noqa: E731
-            checkpoint_uri, (trial_dir / EXPORT_DIR).uri, self._data(), export.model_dump(),
+            checkpoint_uri, out_uri, self._data(), export.model_dump(),
             self.config.data.root, (self.experiment_dir / EXPORT_CACHE_DIR).uri, self.faults.export_fault(train.get("seed")))
         self.queued.append((trial.trial_id, launch, row, gpus))
-        self.sources[trial.trial_id] = (checkpoint_uri, (trial_dir / EXPORT_DIR).uri)
+        self.sources[trial.trial_id] = (checkpoint_uri, out_uri)
         self.launch_ready(trials, force_check=True)
 
     def export_settings(self) -> ExportConfig:
