@@ -210,11 +210,15 @@ def test_local_storage_is_refused_on_several_nodes(four_nodes: Nodes, tiny_raw, 
 # What Ray Client's proxy answers when the server it started for this client died at once.
 SERVER_DID_NOT_START = ("Initialization failure from server:\nRuntimeError: Starting Ray client server failed. "
                         "See ray_client_server_23000.err for detailed logs.")
+# The same death, seen by the proxy between its poll() and its look at the process (CI, 2026-12-05).
+SERVER_DIED_WHILE_WATCHED = ("Initialization failure from server:\nTraceback (most recent call last):\n  ...\n"
+                             "psutil.ZombieProcess: PID still exists but it's a zombie (pid=7162)\n")
 
 
 @pytest.mark.parametrize(("address", "error", "calls", "connects"), [
     ("ray://127.0.0.1:10001", [SERVER_DID_NOT_START] * 2, 3, True),  # a failed start is tried again
     ("ray://127.0.0.1:10001", [SERVER_DID_NOT_START] * 3, 3, False),  # but not forever
+    ("ray://127.0.0.1:10001", [SERVER_DIED_WHILE_WATCHED, SERVER_DID_NOT_START], 3, True),
     ("ray://127.0.0.1:10001", ["Failed to connect within 30 seconds"], 1, False),  # nobody there: no retry
     ("127.0.0.1:6379", [SERVER_DID_NOT_START], 1, False),  # not Ray Client
 ])

@@ -24,8 +24,9 @@ from cifar_tune.config import ConfigError, ExperimentConfig
 log = logging.getLogger(__name__)
 
 # What Ray Client's proxy answers when the per-client server it started died or never answered:
-# a failure of that one start, not of the cluster.
-CLIENT_START_FAILURES = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
+# a failure of that one start, not of the cluster. "ZombieProcess": the server died between the
+# proxy's two checks on it (proxier.start_specific_server's poll() then psutil cmdline()).
+CLIENT_START_FAILURES = ("Starting Ray client server failed", "Proxy failed to Connect to backend", "ZombieProcess")
 CLIENT_CONNECT_ATTEMPTS = 3
 
 
