@@ -127,7 +127,12 @@ def _files_under(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_an_experiment_on_s3_writes_everything_to_the_bucket(s3: str, tiny_raw, tmp_path: Path) -> None:
+def test_an_experiment_on_s3_resumes_from_its_uri_and_writes_everything_to_the_bucket(
+        aws: str, tiny_raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Both trials fail after their first epoch (injected); `cifar-tune resume s3://...` finishes
+    them from their checkpoints in the bucket. Then everything the two runs wrote is in the
+    bucket, nothing on the driver's disk, the credentials nowhere, and the analysis reads the
+    bucket. (One experiment for all of it: each CLI run here starts its own Ray.)"""
     raw: dict[str, Any] = {**tiny_raw, "storage_path": "s3://bars/studies", "search": {"seed": [0, 1]},
                            "train": {**tiny_raw["train"], "epochs": 2}, "export": QUICK_EXPORT,
                            "wandb": {"mode": "offline"}}
@@ -135,15 +140,21 @@ def test_an_experiment_on_s3_writes_everything_to_the_bucket(s3: str, tiny_raw, 
     config.write_text(yaml.safe_dump(raw))
     work, wandb_dir = tmp_path / "work", tmp_path / "wandb-files"
     work.mkdir()
-    result = _run(["run", str(config)], s3, work, WANDB_DIR=str(wandb_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "results: s3://bars/studies/tiny/results.csv" in result.stdout
+    first = _run(["run", str(config)], aws, work, WANDB_DIR=str(wandb_dir),
+                 CIFAR_TUNE_FAULTS=json.dumps({"fail_at_epoch": 1}))
+    assert first.returncode == 1, first.stderr[-3000:]  # both trials failed after epoch 1, as injected
+    assert list(_csv(aws, "studies/tiny/results.csv")["status"]) == ["ERROR", "ERROR"]
 
-    stored = objects(s3, "bars", "studies/tiny/")
+    resumed = _run(["resume", "s3://bars/studies/tiny"], aws, work, WANDB_DIR=str(wandb_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "results: s3://bars/studies/tiny/results.csv" in resumed.stdout
+
+    stored = objects(aws, "bars", "studies/tiny/")
     names = {key.removeprefix("studies/tiny/") for key in stored}
     assert {"cifar_tune_config.yaml", "results.csv", "bench.csv", "exports.json"} <= names
     table = pd.read_csv(io.BytesIO(stored["studies/tiny/results.csv"]))
     assert list(table["seed"]) == [0, 1] and (table["status"] == "TERMINATED").all()
+    assert list(table["epochs_done"]) == [2, 2]
     assert all(path.startswith("s3://bars/studies/tiny/train_cifar_") for path in table["path"])
     exports = json.loads(stored["studies/tiny/exports.json"])
     assert sorted(e["status"] for e in exports.values()) == ["ok", "ok"]
@@ -154,42 +165,30 @@ def test_an_experiment_on_s3_writes_everything_to_the_bucket(s3: str, tiny_raw, 
         kept = {key.split("/")[len(trial.split("/"))] for key in stored if key.startswith(f"{trial}/checkpoint_")}
         assert kept == {"checkpoint_000001"}, kept
     assert list(work.iterdir()) == []  # nothing on the driver's disk: no ./results
-    # W&B keeps its files on local disk (WANDB_DIR here); one offline run per trial
-    assert len(list(wandb_dir.glob("wandb/offline-run-*"))) == 2
+    # W&B keeps its files on local disk (WANDB_DIR here): one offline run per trial, which its
+    # resumed trial logged to again (the run's id is the trial's)
+    run_ids = {d.name.rsplit("-", 1)[1] for d in wandb_dir.glob("wandb/offline-run-*")}
+    assert run_ids == set(table["trial_id"])
     # The credentials are nowhere: not in the bucket, not in W&B's files, not in the working folder.
     written = {**stored, **_files_under(wandb_dir), **_files_under(work)}
     assert not [key for key, content in written.items() if SECRET.encode() in content]
 
-    # Analysis reads the bucket and writes its report back there, or to --out.
-    analyzed = _run(["analyze", "s3://bars/studies/tiny", "--wandb-mode", "disabled"], s3, work)
-    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
-    assert "report: s3://bars/studies/tiny/analysis/report.md" in analyzed.stdout
-    report = objects(s3, "bars", "studies/tiny/analysis/")["studies/tiny/analysis/report.md"].decode()
+    # Analysis reads the bucket and writes its report back there, or to --out. (In this process:
+    # it starts no Ray, and the `aws` fixture gave this process the bucket's credentials.)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert main(["analyze", "s3://bars/studies/tiny", "--wandb-mode", "disabled"]) == 0
+    assert "report: s3://bars/studies/tiny/analysis/report.md" in capsys.readouterr().out
+    report = objects(aws, "bars", "studies/tiny/analysis/")["studies/tiny/analysis/report.md"].decode()
     assert "s3://bars/studies/tiny" in report and "Trials: 2" in report
-    local = _run(["analyze", "s3://bars/studies/tiny", "--out", str(tmp_path / "report"), "--wandb-mode", "disabled"],
-                 s3, work)
-    assert local.returncode == 0 and (tmp_path / "report" / "report.md").is_file()
+    assert main(["analyze", "s3://bars/studies/tiny", "--out", str(tmp_path / "report"), "--wandb-mode", "disabled"]) == 0
+    assert (tmp_path / "report" / "report.md").is_file()
 
     # The name is taken now: a second run is refused before it trains, and nothing is lost.
-    again = _run(["run", str(config)], s3, work)
-    assert again.returncode == 2 and "already exists" in again.stderr
-    assert objects(s3, "bars", "studies/tiny/results.csv") == {"studies/tiny/results.csv": stored["studies/tiny/results.csv"]}
-
-
-@pytest.mark.slow
-def test_resume_from_s3_finishes_the_experiment(s3: str, tiny_raw, tmp_path: Path) -> None:
-    raw = {**tiny_raw, "storage_path": "s3://bars/resumed"}
-    config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    first = _run(["run", str(config)], s3, tmp_path, CIFAR_TUNE_FAULTS=json.dumps({"fail_at_epoch": 2}))
-    assert first.returncode == 1, first.stderr[-3000:]  # the trial failed after epoch 2, as injected
-    table = _csv(s3, "resumed/tiny/results.csv")
-    assert list(table["status"]) == ["ERROR"]
-
-    resumed = _run(["resume", "s3://bars/resumed/tiny"], s3, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    table = _csv(s3, "resumed/tiny/results.csv")
-    assert list(table["status"]) == ["TERMINATED"] and table["epochs_done"].item() == 3
+    assert main(["run", str(config)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert objects(aws, "bars", "studies/tiny/results.csv") == {"studies/tiny/results.csv": stored["studies/tiny/results.csv"]}
+    assert list(work.iterdir()) == []
 
 
 @pytest.mark.slow

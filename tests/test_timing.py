@@ -208,12 +208,6 @@ def test_run_records_device_sharing_times_alone_and_the_report_uses_it(tiny_raw,
     assert "isolated timing" in row["speedup_source"] and "isolated timing" in analysis.conclusions[0]
     assert "up to 2 trials sharing a device" in analysis.training_times
 
-    # `cifar-tune time EXPERIMENT_DIR` measures again: a second session appended, timing.csv replaced.
-    assert main(["time", str(outcome.path), "--set", "timing.rounds=2", "--set", "timing.steps=2"]) == 0
-    again = pd.read_csv(outcome.path / TIMING_ROUNDS_CSV)
-    assert len(again) == 8 and again[SESSION].nunique() == 2
-    assert pd.read_csv(outcome.path / TIMING_CSV)["steps"].eq(2).all()
-
 
 @pytest.mark.usefixtures("ray_for_tests")
 def test_time_before_the_run_then_run_in_the_same_folder(tiny_raw) -> None:
@@ -227,6 +221,12 @@ def test_time_before_the_run_then_run_in_the_same_folder(tiny_raw) -> None:
     assert (outcome.table["status"] == "TERMINATED").all()
     assert len(pd.read_csv(outcome.path / TIMING_ROUNDS_CSV)) == 2  # measured once, not again after the run
     assert outcome.table[SHARING_METRIC].tolist() == [1]
+
+    # `cifar-tune time EXPERIMENT_DIR` measures again: a second session appended, timing.csv replaced.
+    assert main(["time", str(outcome.path), "--set", "timing.rounds=2", "--set", "timing.steps=3"]) == 0
+    again = pd.read_csv(outcome.path / TIMING_ROUNDS_CSV)
+    assert len(again) == 4 and again[SESSION].nunique() == 2
+    assert pd.read_csv(outcome.path / TIMING_CSV)["steps"].eq(3).all()
 
 
 def test_a_timing_failure_after_the_trials_keeps_their_results(tiny_raw, tmp_path: Path, monkeypatch, capsys) -> None:
