@@ -23,7 +23,8 @@ LAYERS = [
     ("bench/export", ["cifar_tune.bench", "cifar_tune.export", "cifar_tune.export_worker"]),
     ("trainables", ["cifar_tune.trainables", "cifar_tune.train", "cifar_tune.graphed_step"]),
     ("base", ["cifar_tune.data", "cifar_tune.models", "cifar_tune.precision", "cifar_tune.config", "cifar_tune.storage",
-              "cifar_tune.search", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking", "cifar_tune.wandb_setup",
+              "cifar_tune.search", "cifar_tune.names", "cifar_tune.errors", "cifar_tune.tracking", "cifar_tune.run_logger",
+              "cifar_tune.wandb_setup",
               "cifar_tune.faults", "cifar_tune.compat", "cifar_tune.checkpoints",
               "cifar_tune.energy", "cifar_tune.machine", "cifar_tune.meters", "cifar_tune.variants"]),
 ]

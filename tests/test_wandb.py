@@ -77,6 +77,15 @@ def test_one_logging_actor_serves_every_trial_and_ends_with_the_run(logged: Path
     assert {a: _actors()[a]["State"] for a in _RUN_ACTORS if _actors()[a]["State"] != "DEAD"} == {}
 
 
+def test_the_logging_actors_process_imports_no_torch() -> None:
+    """A Ray worker imports the module that defines the class it runs: RunLogger's must not reach
+    torch (a second of CPU and hundreds of MB in the logging process of every run, for nothing)."""
+    code = "import sys, cifar_tune.run_logger; print(sorted(m for m in ('torch', 'wandb') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["['wandb']"]
+
+
 def test_trial_runs_are_grouped_tagged_and_summarized(logged: Path) -> None:
     runs = [_inspect(d) for d in sorted((logged / "wandb").glob("offline-run-*"))]
     trials = [(s, r) for s, r in runs if r.get("job_type") == "train"]
