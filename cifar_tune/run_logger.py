@@ -2,7 +2,8 @@
 
 A module of its own so the actor's process imports wandb and a little of Ray, not torch: a Ray
 worker imports the module that defines the class it runs, and tracking.py's imports reach torch
-(1.2 CPU-s and about 400 MB more in the one logging process of every run).
+(importing it: 1.2 CPU-s, and a peak RSS of 806 MB instead of 198 MB, in the one logging process
+of every run).
 """
 
 from __future__ import annotations
