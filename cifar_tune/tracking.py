@@ -1,9 +1,10 @@
 """Weights & Biases during a run: the per-trial logging callback (mode and folders: wandb_setup.py).
 
-Each trial is a W&B run, logged through one Ray actor for the whole experiment run (`RunLogger`,
-run_logger.py: no CPU of its own, on the driver's node): a slow or unreachable W&B server delays that actor, never
-the training, and a study of a thousand trials starts one logging process, not two per trial as
-Ray Tune's own `WandbLoggerCallback` does (whose config handling this callback keeps).
+Each trial is a W&B run, logged through one Ray actor for the whole experiment run (`RunLogger`
+in run_logger.py: no CPU of its own, on the driver's node): a slow or unreachable W&B server
+delays that actor, never the training, and a study of a thousand trials starts one logging
+process, not two per trial as Ray Tune's own `WandbLoggerCallback` does (whose config handling
+this callback keeps).
 Runs are grouped by experiment name (job_type `train`), named `<precision>-s<seed>` (plus the other
 searched values), tagged `precision:<p>` and `seed:<s>`, carry the trial config with `precision`,
 `seed` and every searched key also at its top level (what a W&B filter or grouping reads), and their
